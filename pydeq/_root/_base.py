@@ -1,0 +1,121 @@
+"""The root-finder protocol and the one driver loop that runs every solver.
+
+A solver is a frozen dataclass with ``rtol``, ``atol`` and ``max_steps`` and three methods:
+
+* ``init(fn, z0) -> state``: build the state; ``state.z`` is the iterate and ``state.fz = fn(state.z)``.
+* ``step(fn, state, active) -> state``: one iteration for the whole batch. ``active`` is a ``(batch,)``
+  bool mask; samples outside it must not change (their ``z``/``fz`` are restored by the driver, and
+  solvers that keep history must not learn from them).
+* ``postprocess(state) -> dict``: solver data to keep in ``Solution.extras`` (e.g. Broyden factors).
+
+The driver measures the residual ``||f(z) - z||`` per sample, stops each sample when
+``residual <= atol + rtol * ||f(z)||``, keeps each sample's best iterate, and flags NaN/Inf.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .._solution import Solution, Status
+
+__all__ = ["AbstractRootFinder", "solve", "CountedFn", "batch_norm", "freeze"]
+
+
+def batch_norm(v: Tensor) -> Tensor:
+    """Per-sample Euclidean norm: ``(batch, *state) -> (batch,)``."""
+    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
+
+
+def freeze(active: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """Take ``new`` where the sample is active, ``old`` elsewhere (broadcast over state dims)."""
+    mask = active.reshape(active.shape + (1,) * (new.dim() - 1))
+    return torch.where(mask, new, old)
+
+
+class CountedFn:
+    """Wraps ``fn(z)`` and counts its calls (each call is one batched evaluation)."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]):
+        self.fn = fn
+        self.calls = 0
+
+    def __call__(self, z: Tensor) -> Tensor:
+        self.calls += 1
+        return self.fn(z)
+
+
+class AbstractRootFinder(abc.ABC):
+    """Base of every solver that :func:`pydeq.fixed_point` accepts (root finders and steady-state ODEs)."""
+
+    rtol: float
+    atol: float
+    max_steps: int
+
+    @abc.abstractmethod
+    def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> Any: ...
+
+    @abc.abstractmethod
+    def step(self, fn: Callable[[Tensor], Tensor], state: Any, active: Tensor) -> Any: ...
+
+    def postprocess(self, state: Any) -> dict:
+        return {}
+
+    def tolerance(self, state: Any) -> Tensor:
+        """``(batch,)`` acceptance threshold ``atol + rtol * ||f(z)||``."""
+        return self.atol + self.rtol * batch_norm(state.fz)
+
+    def residual(self, state: Any) -> Tensor:
+        """``(batch,)`` residual norm ``||f(z) - z||`` that defines convergence."""
+        return batch_norm(state.fz - state.z)
+
+
+def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor, *,
+          trace: bool = False) -> Solution:
+    """Run ``solver`` on ``fn`` from ``z0`` until every sample converges, fails or ``max_steps``.
+
+    Gradients flow through the loop when grad mode is on (that is the unrolled adjoint); the other
+    adjoints call this under ``torch.no_grad()``.
+
+    Returns:
+        A :class:`Solution` whose ``z`` is each sample's best iterate.
+    """
+    counted = CountedFn(fn)
+    state = solver.init(counted, z0)
+    batch = z0.shape[0]
+    device = z0.device
+    res = solver.residual(state)
+    status = torch.full((batch,), int(Status.MAX_STEPS), dtype=torch.int64, device=device)
+    finite = torch.isfinite(res)
+    done = finite & (res <= solver.tolerance(state))
+    status = torch.where(done, int(Status.SUCCESS), status)
+    status = torch.where(~finite, int(Status.NONFINITE), status)
+    active = finite & ~done
+    best_z, best_res = state.z, torch.where(finite, res, torch.inf)
+    steps = torch.zeros(batch, dtype=torch.int64, device=device)
+    history = [res.detach().clone()] if trace else None
+    for _ in range(solver.max_steps):
+        if not bool(active.any()):
+            break
+        new = solver.step(counted, state, active)
+        state = dataclasses.replace(new, z=freeze(active, new.z, state.z), fz=freeze(active, new.fz, state.fz))
+        steps = steps + active.long()
+        res = torch.where(active, solver.residual(state), res)
+        finite = torch.isfinite(res)
+        better = active & finite & (res < best_res)
+        best_z = freeze(better, state.z, best_z)
+        best_res = torch.where(better, res, best_res)
+        done = active & finite & (res <= solver.tolerance(state))
+        status = torch.where(done, int(Status.SUCCESS), status)
+        status = torch.where(active & ~finite, int(Status.NONFINITE), status)
+        active = active & finite & ~done
+        if trace:
+            history.append(res.detach().clone())
+    nonfinite = status == int(Status.NONFINITE)
+    best_res = torch.where(nonfinite & torch.isinf(best_res), torch.nan, best_res)
+    return Solution(z=best_z, residual=best_res.detach(), status=status, nfe=counted.calls,
+                    steps=steps, trace=history, extras=solver.postprocess(state))
