@@ -1,0 +1,93 @@
+# Where each parameter array lives inside the flat vector that torch sends.
+
+"""
+    Slot(offset, dims)
+
+One parameter array inside the flat parameter vector: it starts after `offset` entries
+(0-based, as Python counts) and has the column-major Julia size `dims`.
+"""
+struct Slot{N}
+    offset::Int
+    dims::NTuple{N, Int}
+end
+
+Base.length(s::Slot) = prod(s.dims)
+
+"""
+    materialize(slots, θ)
+
+Build the Lux parameter `NamedTuple` from the flat vector `θ`, differentiably (Zygote).
+
+## Arguments
+
+  - `slots`: a `NamedTuple` tree of [`Slot`](@ref)s mirroring the Lux parameters.
+  - `θ`: the flat parameter vector.
+
+## Returns
+
+A `NamedTuple` with the structure of `slots` whose leaves are the slices of `θ`.
+"""
+function materialize(slots::Slot, θ::AbstractVector)
+    # a copy (getindex), not a view: dense arrays keep BLAS/cuDNN paths and SciMLSensitivity's
+    # parameter handling simple; the cost is one pass over the parameters per call
+    return reshape(θ[(slots.offset + 1):(slots.offset + length(slots))], slots.dims)
+end
+function materialize(slots::NamedTuple, θ::AbstractVector)
+    return NamedTuple{keys(slots)}(map(c -> materialize(c, θ), values(slots)))
+end
+
+"""
+    check_layout(template, slots, path = "ps")
+
+Throw an `ArgumentError` unless `slots` has the keys and array sizes of the Lux parameters
+`template`, so a spec that disagrees with the Lux model fails at build time, not mid-solve.
+"""
+function check_layout(template::NamedTuple, slots::NamedTuple, path = "ps")
+    if keys(template) != keys(slots)
+        throw(ArgumentError(
+            "parameter layout mismatch at $path: Lux has keys $(keys(template)), " *
+                "the spec gave $(keys(slots)); regenerate the spec with pydeq.spec",
+        ))
+    end
+    for k in keys(template)
+        check_layout(template[k], slots[k], "$path.$k")
+    end
+    return nothing
+end
+
+function check_layout(template::AbstractArray, slot::Slot, path = "ps")
+    if size(template) != slot.dims
+        throw(ArgumentError(
+            "parameter layout mismatch at $path: Lux expects size $(size(template)), " *
+                "the spec gave $(slot.dims)",
+        ))
+    end
+    return nothing
+end
+
+function check_layout(template, slots, path = "ps")
+    throw(ArgumentError("parameter layout mismatch at $path: unexpected $(typeof(slots))"))
+end
+
+"""
+    batch_norms!(out, r)
+
+Write the Euclidean norm of each sample of `r` (batch is the last dimension) into `out`.
+"""
+function batch_norms!(out::AbstractVector, r::AbstractArray)
+    flat = reshape(r, :, size(r, ndims(r)))
+    out .= vec(sqrt.(sum(abs2, flat; dims = 1)))
+    return out
+end
+
+"""
+    batch_max_norm(u)
+
+Largest per-sample Euclidean norm of `u`: the termination norm, so that one batch stops when
+its worst sample meets `‖f(z) - z‖ ≤ abstol` or `≤ reltol ‖f(z)‖`, as in pydeq's own solvers.
+"""
+function batch_max_norm(u::AbstractArray)
+    flat = reshape(u, :, size(u, ndims(u)))
+    return sqrt(maximum(sum(abs2, flat; dims = 1)))
+end
+batch_max_norm(u::Number) = abs(u)
