@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["Status", "Solution", "BackwardStats", "ConvergenceError", "NonFiniteError"]
+__all__ = ["Status", "Solution", "BackwardStats", "ConvergenceError", "ConvergenceWarning", "NonFiniteError"]
 
 
 class Status(enum.IntEnum):
@@ -43,6 +43,10 @@ _MESSAGES = {
 
 class ConvergenceError(RuntimeError):
     """Raised when ``on_failure='raise'`` and some samples did not converge."""
+
+
+class ConvergenceWarning(UserWarning):
+    """Issued when ``on_failure='warn'`` and some samples did not converge."""
 
 
 class NonFiniteError(FloatingPointError):

@@ -9,7 +9,7 @@ grad enabled instead.
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ class AbstractAdjoint(abc.ABC):
     def attach(self, fn: Callable[[Tensor], Tensor], solution: Solution) -> Tensor:
         """Return the differentiable output for the detached answer ``solution.z``."""
 
-    def check_solution(self, solution: Solution) -> None:
+    def check_solution(self, solution: Solution) -> None:  # noqa: B027 (optional hook)
         """Raise if this adjoint cannot use what the forward solve produced."""
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor

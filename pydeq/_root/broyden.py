@@ -1,0 +1,109 @@
+"""Limited-memory "good" Broyden on the inverse Jacobian of ``g(z) = f(z) - z``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._checks import check_int, check_tolerances
+from ._base import AbstractRootFinder, batch_norm
+from ._line_search import backtrack
+
+__all__ = ["Broyden", "BroydenFactors"]
+
+
+@dataclass
+class BroydenFactors:
+    """Low-rank inverse-Jacobian estimate ``H = -I + U V^T`` of ``g(z) = f(z) - z``.
+
+    ``U``, ``V``: ``(batch, n, history)`` with ``n`` the flattened state size. ``H`` approximates
+    ``(J_f - I)^{-1}`` along the directions the solve visited (Broyden 1965).
+    """
+
+    U: Tensor
+    V: Tensor
+
+    def apply(self, v: Tensor) -> Tensor:
+        """``H v`` for ``v: (batch, n)``."""
+        return -v + torch.einsum("bnm,bm->bn", self.U, torch.einsum("bnm,bn->bm", self.V, v))
+
+    def apply_transpose(self, v: Tensor) -> Tensor:
+        """``v^T H`` as a column, for ``v: (batch, n)``."""
+        return -v + torch.einsum("bnm,bm->bn", self.V, torch.einsum("bnm,bn->bm", self.U, v))
+
+
+@dataclass
+class _State:
+    z: Tensor
+    fz: Tensor
+    factors: BroydenFactors
+    k: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Broyden(AbstractRootFinder):
+    """Limited-memory "good" Broyden method (Broyden 1965) for ``g(z) = f(z) - z = 0``.
+
+    Keeps ``H ~ J_g^{-1} = -I + U V^T`` and steps ``z <- z - t H g(z)``; after each step with
+    ``s = dz`` and ``y = dg`` it applies the rank-one update
+    ``H <- H + (s - H y) s^T H / (s^T H y)``. The oldest pair is overwritten once ``history`` are stored.
+    The factors are returned in ``Solution.extras["broyden"]`` so :class:`BroydenReuseAdjoint` can
+    reuse them in the backward pass (Nguyen & Mauch 2023).
+
+    Args:
+        rtol, atol: a sample stops when ``||f(z) - z|| <= atol + rtol ||f(z)||``.
+        max_steps: iterations allowed.
+        history: rank of the update kept.
+        line_search: backtrack ``t in {1, 1/2, 1/4}`` per sample when the residual grows (costs f calls).
+    """
+
+    rtol: float = 1e-4
+    atol: float = 1e-6
+    max_steps: int = 50
+    history: int = 20
+    line_search: bool = False
+
+    def __post_init__(self) -> None:
+        check_tolerances(self)
+        check_int("Broyden.history", self.history)
+
+    def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> _State:
+        batch, n = z0.shape[0], z0[0].numel()
+        U = z0.new_zeros(batch, n, self.history)
+        return _State(z=z0, fz=fn(z0), factors=BroydenFactors(U=U, V=torch.zeros_like(U)), k=0)
+
+    def step(self, fn: Callable[[Tensor], Tensor], state: _State, active: Tensor) -> _State:
+        batch, shape = state.z.shape[0], state.z.shape
+        H = state.factors
+        g = (state.fz - state.z).reshape(batch, -1)
+        direction = -H.apply(g).reshape(shape)
+        if self.line_search:
+            z, fz = backtrack(fn, state.z, state.fz, direction)
+        else:
+            z = state.z + direction
+            fz = fn(z)
+        s = (z - state.z).reshape(batch, -1)
+        y = (fz - z).reshape(batch, -1) - g
+        Hy = H.apply(y)
+        sH = H.apply_transpose(s)
+        denom = (s * Hy).sum(1)
+        ok = active & (denom.abs() > torch.finfo(denom.dtype).eps * batch_norm(s) * batch_norm(Hy))
+        safe = torch.where(ok, denom, torch.ones_like(denom))
+        u = torch.where(ok[:, None], (s - Hy) / safe[:, None], torch.zeros_like(s))
+        v = torch.where(ok[:, None], sH, torch.zeros_like(s))
+        slot = state.k % self.history
+        U, V = _put(H.U, slot, u), _put(H.V, slot, v)
+        return _State(z=z, fz=fz, factors=BroydenFactors(U=U, V=V), k=state.k + 1)
+
+    def postprocess(self, state: _State) -> dict:
+        return {"broyden": state.factors}
+
+
+def _put(buf: Tensor, slot: int, col: Tensor) -> Tensor:
+    """Out-of-place write of one column (the unrolled adjoint differentiates through the factors)."""
+    mask = torch.zeros(buf.shape[2], dtype=torch.bool, device=buf.device)
+    mask[slot] = True
+    return torch.where(mask, col[:, :, None], buf)

@@ -1,0 +1,46 @@
+"""Damped fixed-point (Picard / Krasnosel'skii-Mann) iteration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .._checks import check_fraction, check_tolerances
+from ._base import AbstractRootFinder
+
+__all__ = ["FixedPointIteration"]
+
+
+@dataclass
+class _State:
+    z: Tensor
+    fz: Tensor
+
+
+@dataclass(frozen=True, kw_only=True)
+class FixedPointIteration(AbstractRootFinder):
+    """``z <- (1 - damping) z + damping f(z)``; converges linearly when f is a contraction.
+
+    Args:
+        rtol, atol: a sample stops when ``||f(z) - z|| <= atol + rtol ||f(z)||``.
+        max_steps: iterations allowed.
+        damping: in (0, 1]; 1 is plain Picard iteration.
+    """
+
+    rtol: float = 1e-4
+    atol: float = 1e-6
+    max_steps: int = 50
+    damping: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_tolerances(self)
+        check_fraction("FixedPointIteration.damping", self.damping)
+
+    def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> _State:
+        return _State(z=z0, fz=fn(z0))
+
+    def step(self, fn: Callable[[Tensor], Tensor], state: _State, active: Tensor) -> _State:
+        z = state.fz if self.damping == 1.0 else state.z + self.damping * (state.fz - state.z)
+        return _State(z=z, fz=fn(z))

@@ -1,0 +1,4 @@
+from .deq import DEQ, SkipDEQ, SkipRegDEQ
+from .jacobian import jacobian_frobenius
+
+__all__ = ["DEQ", "SkipDEQ", "SkipRegDEQ", "jacobian_frobenius"]
