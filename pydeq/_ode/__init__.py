@@ -1,0 +1,11 @@
+"""ODE integrators: Runge–Kutta tableaux, one driver loop, gradient modes and the steady-state root finder."""
+
+from .adjoint import AbstractODEAdjoint, BacksolveAdjoint, DirectAdjoint
+from .controller import PIController
+from .odeint import odeint
+from .solvers import BS3, RK4, AbstractODESolver, Dopri5, Euler, Tsit5
+
+__all__ = [
+    "AbstractODEAdjoint", "AbstractODESolver", "BS3", "BacksolveAdjoint", "DirectAdjoint", "Dopri5", "Euler",
+    "PIController", "RK4", "Tsit5", "odeint",
+]
