@@ -1,0 +1,140 @@
+"""The only module that imports juliacall; every call into Julia goes through :class:`JuliaEngine`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import interop
+from . import ENV_DEFAULTS, JULIAPKG_DIR, PROJECT_DIR, JuliaUnavailableError, TorchImportOrderWarning
+
+__all__ = ["JuliaEngine", "start", "engine_if_started"]
+
+# One lock serialises every Julia call: autograd may run backward on another thread (torch's CUDA
+# worker threads), and juliacall needs calls serialised (REFERENCES.md §6).
+_LOCK = threading.RLock()
+_ENGINE: JuliaEngine | None = None
+_ERROR: JuliaUnavailableError | None = None
+
+_REMEDIES = (
+    "Remedies: (1) install the extra: pip install 'pydeq[julia]'; (2) use a Julia you already have: set "
+    "PYTHON_JULIACALL_EXE=/path/to/julia and PYTHON_JULIACALL_PROJECT=/path/to/project (a Julia project where "
+    f'you ran: using Pkg; Pkg.develop(path="{PROJECT_DIR}")); (3) let juliapkg install Julia and the packages: '
+    "go online for the first start and unset PYTHON_JULIAPKG_OFFLINE (later starts work offline). "
+    "Or keep the native engine: backend='torch'."
+)
+
+
+class JuliaEngine:
+    """Handle-based access to the Julia package ``PyDEQ``: destination passing, flat DLPack tensors.
+
+    Args:
+        jl: the Julia module ``PyDEQ`` as juliacall exposes it (anything with ``py_build``, ``py_forward``,
+            ``py_vjp``, ``release``, ``wrap`` and ``DLPack`` works, which is how the tests check this class).
+    """
+
+    def __init__(self, jl: Any):
+        self.jl = jl
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        with _LOCK:
+            return fn(*args)
+
+    def build(self, spec_json: str) -> int:
+        """Build the model a spec's JSON describes; returns its handle."""
+        return int(self._call(self.jl.py_build, spec_json))
+
+    def release(self, handle: int) -> bool:
+        return bool(self._call(self.jl.release, handle))
+
+    def forward(self, handle: int, x: Tensor, theta: Tensor, z_shape: list[int]) -> tuple[Tensor, Tensor, int]:
+        """``(z*, residual, nfe)``; ``z*: z_shape`` and ``residual: (batch,)`` are allocated here, by torch."""
+        xf, x_shape = interop.flat_for_julia("x", x)
+        tf, _ = interop.flat_for_julia("theta", theta)
+        z = torch.empty(z_shape, dtype=x.dtype, device=x.device)
+        residual = torch.empty(z_shape[0], dtype=x.dtype, device=x.device)
+        interop.sync_device(x, theta)
+        nfe = self._call(self.jl.py_forward, handle, z.view(-1), residual, xf, tf, tuple(z_shape), x_shape)
+        return z, residual, int(nfe)
+
+    def vjp(self, handle: int, x: Tensor, theta: Tensor, z: Tensor, gz: Tensor) -> tuple[Tensor, Tensor]:
+        """``(gx, gtheta)``: the implicit-adjoint vector-Jacobian product of ``z*(x, theta)`` with ``gz``."""
+        xf, x_shape = interop.flat_for_julia("x", x)
+        tf, _ = interop.flat_for_julia("theta", theta)
+        zf, z_shape = interop.flat_for_julia("z", z)
+        gf, _ = interop.flat_for_julia("grad_z", gz)
+        gx, gtheta = torch.empty_like(xf), torch.empty_like(tf)
+        interop.sync_device(x, theta, z, gz)
+        self._call(self.jl.py_vjp, handle, gx, gtheta, xf, tf, zf, gf, z_shape, x_shape)
+        return gx.view(x_shape), gtheta
+
+    def to_julia(self, t: Tensor) -> Any:
+        flat, shape = interop.flat_for_julia("t", t)
+        interop.sync_device(t)
+        return self._call(self.jl.wrap, flat, shape)
+
+    def from_julia(self, a: Any) -> Tensor:
+        return self._call(self.jl.DLPack.share, a, torch.from_dlpack)
+
+
+def engine_if_started() -> JuliaEngine | None:
+    return _ENGINE
+
+
+def start() -> JuliaEngine:
+    """Start Julia once; a failure is remembered and re-raised (juliacall cannot be re-initialised)."""
+    global _ENGINE, _ERROR
+    with _LOCK:
+        if _ENGINE is not None:
+            return _ENGINE
+        if _ERROR is not None:
+            raise _ERROR
+        try:
+            _ENGINE = JuliaEngine(_import_pydeq_module())
+        except JuliaUnavailableError as err:
+            _ERROR = err
+            raise
+        return _ENGINE
+
+
+def _import_pydeq_module() -> Any:
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if JULIAPKG_DIR not in sys.path:
+        sys.path.append(JULIAPKG_DIR)
+    if "juliacall" not in sys.modules and "torch" in sys.modules:
+        warnings.warn(
+            "torch was imported before juliacall, which can crash on Linux (clashing LLVM symbols). If Julia "
+            "crashes, make `import juliacall` the first import of your script, before torch and pydeq.",
+            TorchImportOrderWarning,
+            stacklevel=4,
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch was imported before juliacall")  # said above
+            import juliacall
+    except ModuleNotFoundError as err:
+        if err.name not in ("juliacall", "juliapkg"):
+            raise JuliaUnavailableError(f"juliacall failed to import ({err}). {_REMEDIES}") from err
+        raise JuliaUnavailableError(
+            "the Julia engine needs juliacall, which is not installed: pip install 'pydeq[julia]'. " + _REMEDIES
+        ) from None
+    except Exception as err:  # juliapkg/juliacall raise plain Exception when Julia cannot be found or started
+        offline = os.environ.get("PYTHON_JULIAPKG_OFFLINE", "").lower() in ("yes", "true", "1")
+        why = " (PYTHON_JULIAPKG_OFFLINE is set, so nothing can be downloaded)" if offline else ""
+        raise JuliaUnavailableError(f"juliacall could not start Julia{why}: {err}. {_REMEDIES}") from err
+    try:
+        juliacall.Main.seval("using PyDEQ: PyDEQ")
+        return juliacall.Main.PyDEQ
+    except Exception as err:
+        raise JuliaUnavailableError(
+            f"Julia started but the PyDEQ package did not load: {err}. With PYTHON_JULIACALL_PROJECT set, develop "
+            f'it into that project (Pkg.develop(path="{PROJECT_DIR}")); otherwise run once online so juliapkg '
+            "resolves it."
+        ) from err
