@@ -1,0 +1,66 @@
+"""Zero-copy exchange helpers (torch <-> numpy here; Julia in the julia-marked tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pydeq import interop
+
+
+def test_torch_numpy_round_trip_shares_memory():
+    t = torch.arange(12.0).reshape(3, 4)
+    a = interop.to_numpy(t)
+    assert interop.shares_memory(a, t)
+    back = interop.from_numpy(a)
+    assert interop.shares_memory(back, t)
+    a[0, 0] = 42.0
+    assert t[0, 0] == 42.0 and back[0, 0] == 42.0
+
+
+def test_to_numpy_detaches_without_copy():
+    t = torch.randn(3, requires_grad=True)
+    a = interop.to_numpy(t)
+    assert interop.shares_memory(a, t)
+
+
+def test_flat_for_julia_is_a_view_when_contiguous_and_a_copy_otherwise():
+    t = torch.randn(2, 3, 4, dtype=torch.float64)
+    flat, shape = interop.flat_for_julia("t", t)
+    assert flat.data_ptr() == t.data_ptr() and flat.shape == (24,) and shape == (2, 3, 4)
+    nc = t.transpose(0, 2)
+    flat_nc, shape_nc = interop.flat_for_julia("t", nc)
+    assert flat_nc.data_ptr() != nc.data_ptr() and shape_nc == (4, 3, 2)
+    torch.testing.assert_close(flat_nc, nc.reshape(-1))
+
+
+def test_julia_sees_reversed_dimensions():
+    t = torch.arange(24.0).reshape(2, 3, 4)
+    flat, shape = interop.flat_for_julia("t", t)
+    julia_view = np.reshape(flat.numpy(), interop.julia_shape(shape), order="F")
+    assert julia_view.shape == (4, 3, 2)
+    np.testing.assert_array_equal(julia_view, t.numpy().transpose(2, 1, 0))
+    assert interop.julia_shape(torch.Size([5, 7])) == (7, 5)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(3, dtype=torch.float16), torch.zeros(3, dtype=torch.int64),
+                                 torch.zeros(3, dtype=torch.bfloat16)])
+def test_unsupported_dtypes_are_rejected(bad):
+    with pytest.raises(TypeError, match="float32 or float64"):
+        interop.flat_for_julia("x", bad)
+
+
+def test_unsupported_devices_and_types_are_rejected():
+    with pytest.raises(TypeError, match="cpu or cuda"):
+        interop.check_exchangeable("x", torch.zeros(3, device="meta"))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        interop.check_exchangeable("x", np.zeros(3))
+    with pytest.raises(TypeError, match="only cpu tensors"):
+        interop.to_numpy(torch.zeros(3, device="meta"))
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        interop.from_numpy([1.0, 2.0])
+
+
+def test_sync_device_is_a_no_op_on_cpu():
+    interop.sync_device(torch.zeros(2), torch.zeros(3))
