@@ -1,0 +1,327 @@
+"""Image-classification data for examples and benchmarks: MNIST, Fashion-MNIST and CIFAR-10.
+
+Loaders read the standard on-disk formats and return ``(x, y)`` with ``x`` a float32 tensor in [0, 1] of shape
+``(n, channels, height, width)`` and ``y`` an int64 tensor of shape ``(n,)``; normalisation is the model's business.
+
+- MNIST / Fashion-MNIST: the four idx files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+  ``t10k-…``), raw or gzip-compressed (detected from the bytes, not the name).
+- CIFAR-10: the official python batches (``data_batch_1..5``, ``test_batch``) in a folder or in the official
+  tarball, or images laid out ``<split>/<class>/NNNN.jpg`` (or ``.png``) in a folder or tarball (needs Pillow).
+
+``limit`` reads only the first ``limit`` examples, which keeps tests and CI cheap. The order is the official one,
+except for per-class image layouts, which carry no cross-class order: there the examples are interleaved
+(the first image of every class, then the second, …) so that any prefix is class-balanced.
+
+Getting the files is :func:`fetch`'s job (``pydeq data fetch``, implemented in :mod:`pydeq.bench.fetch`); both
+share the cache layout ``<cache>/{mnist,fashion-mnist,cifar10}/`` under ``$PYDEQ_DATA`` or ``~/.cache/pydeq``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "DataMissingError",
+    "default_cache_dir",
+    "fetch",
+    "load",
+    "load_cifar10",
+    "load_fashion_mnist",
+    "load_mnist",
+    "read_idx",
+]
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class DataMissingError(FileNotFoundError):
+    """A data set is not where it was looked for; the message says how to get it."""
+
+
+def default_cache_dir() -> Path:
+    """The data cache: ``$PYDEQ_DATA`` if set, else ``~/.cache/pydeq``."""
+    env = os.environ.get("PYDEQ_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "pydeq"
+
+
+def _check_split(split: str) -> None:
+    if split not in _IDX_PREFIX:
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}.")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be None or a non-negative int; got {limit!r}.")
+
+
+# ---------------------------------------------------------------------------------------------------- idx files
+def _open_maybe_gzip(path: Path) -> IO[bytes]:
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def read_idx(path: str | os.PathLike[str], limit: int | None = None) -> np.ndarray:
+    """Read an idx file (raw or gzip) into an array of shape ``dims`` (first dim cut to ``limit``).
+
+    Format (LeCun et al.): two zero bytes, a dtype code, the number of dimensions, then each dimension as a
+    big-endian int32, then the data in C order.
+    """
+    _check_limit(limit)
+    path = Path(path)
+    with _open_maybe_gzip(path) as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES:
+            raise ValueError(f"{path} is not an idx file (header {head!r}); expected 00 00 <dtype code> <ndim>.")
+        ndim = head[3]
+        dims = [int(d) for d in np.frombuffer(f.read(4 * ndim), dtype=">i4")]
+        if len(dims) != ndim or ndim == 0:
+            raise ValueError(f"{path}: truncated idx header (ndim={ndim}).")
+        if limit is not None:
+            dims[0] = min(dims[0], limit)
+        dtype = np.dtype(_IDX_DTYPES[head[2]])
+        count = int(np.prod(dims))
+        raw = f.read(count * dtype.itemsize)
+    if len(raw) != count * dtype.itemsize:
+        raise ValueError(f"{path}: truncated idx data ({len(raw)} bytes, expected {count * dtype.itemsize}).")
+    return np.frombuffer(raw, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(root: Path, subdir: str, stem: str) -> Path:
+    for folder in (root, root / subdir):
+        for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+            if (folder / name).is_file():
+                return folder / name
+    raise DataMissingError(
+        f"no {stem}[.gz] in {root} or {root / subdir}. Get it with `pydeq data fetch {subdir} --cache DIR` "
+        f"(see ../shared/data/README.md) and pass that DIR."
+    )
+
+
+def _load_idx_pair(root: str | os.PathLike[str], subdir: str, split: str, limit: int | None) -> tuple:
+    _check_split(split)
+    _check_limit(limit)
+    prefix = _IDX_PREFIX[split]
+    images = read_idx(_find_idx(Path(root), subdir, f"{prefix}-images-idx3-ubyte"), limit)
+    labels = read_idx(_find_idx(Path(root), subdir, f"{prefix}-labels-idx1-ubyte"), limit)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{subdir} {split}: {images.shape[0]} images but {labels.shape[0]} labels.")
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def load_mnist(
+    root: str | os.PathLike[str], split: str = "train", limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST from its idx files in ``root`` (or ``root/mnist``).
+
+    Returns ``x: (n, 1, 28, 28)`` float32 in [0, 1] and ``y: (n,)`` int64; ``split`` is ``"train"`` (60,000)
+    or ``"test"`` (10,000). Reference: LeCun, Bottou, Bengio, Haffner (1998).
+    """
+    return _load_idx_pair(root, "mnist", split, limit)
+
+
+def load_fashion_mnist(
+    root: str | os.PathLike[str], split: str = "train", limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST from its idx files in ``root`` (or ``root/fashion-mnist``); shapes as :func:`load_mnist`.
+
+    Reference: Xiao, Rasul, Vollgraf (2017), arXiv 1708.07747.
+    """
+    return _load_idx_pair(root, "fashion-mnist", split, limit)
+
+
+# ---------------------------------------------------------------------------------------------------- CIFAR-10
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR python batches and nothing else: only numpy's array reconstructors are allowed.
+
+    The python batches are pickles (the official distribution format); this keeps a hostile file from
+    running code, since any other global is refused.
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        allowed = _allowed_globals()
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"refusing {module}.{name} in a CIFAR batch: only numpy arrays are allowed.")
+        return allowed[(module, name)]
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    import codecs
+
+    try:  # numpy >= 2; "numpy.core" still names these in old pickles
+        from numpy._core.multiarray import _reconstruct
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+        from numpy.core.numeric import _frombuffer
+    out: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                          ("_codecs", "encode"): codecs.encode}
+    for core in ("numpy.core", "numpy._core"):
+        out[(f"{core}.multiarray", "_reconstruct")] = _reconstruct
+        out[(f"{core}.numeric", "_frombuffer")] = _frombuffer
+    return out
+
+
+def _read_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    d = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise ValueError("not a CIFAR-10 python batch: expected a dict with b'data' and b'labels'.")
+    x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return x, np.asarray(d[b"labels"], dtype=np.int64)
+
+
+class _Files:
+    """Name → bytes over a folder or a tarball, so every layout is parsed once."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self._tar = tarfile.open(source) if source.is_file() else None
+        if self._tar is not None:
+            self._members = {m.name: m for m in self._tar.getmembers() if m.isfile()}
+            self.names = sorted(self._members)
+        else:
+            self.names = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+
+    def read_many(self, names: list[str]) -> dict[str, bytes]:
+        """Contents of ``names``; tar members are read in archive order (a backward seek in a .gz restarts it)."""
+        if self._tar is None:
+            return {n: (self.source / n).read_bytes() for n in names}
+        out = {}
+        for name in sorted(names, key=lambda n: self._members[n].offset_data):
+            f = self._tar.extractfile(self._members[name])
+            out[name] = f.read() if f is not None else b""
+        return out
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+
+def _cifar_batches(files: _Files, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    wanted = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    by_base = {n.rsplit("/", 1)[-1]: n for n in files.names}
+    if not all(w in by_base for w in wanted):
+        return None
+    xs, ys, n = [], [], 0
+    for w in wanted:
+        if limit is not None and n >= limit:
+            break
+        x, y = _read_batch(files.read_many([by_base[w]])[by_base[w]])
+        xs.append(x)
+        ys.append(y)
+        n += len(y)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    return (x[:limit], y[:limit]) if limit is not None else (x, y)
+
+
+def _cifar_images(files: _Files, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    per_class: dict[str, list[str]] = {c: [] for c in CIFAR10_CLASSES}
+    for name in files.names:
+        parts = name.split("/")
+        if len(parts) >= 3 and parts[-3] == split and parts[-2] in per_class and name.endswith(_IMAGE_SUFFIXES):
+            per_class[parts[-2]].append(name)
+    if not any(per_class.values()):
+        return None
+    order = [(c, names[i]) for i in range(max(map(len, per_class.values())))
+             for c, names in enumerate(per_class.values()) if i < len(names)]
+    order = order[:limit] if limit is not None else order
+    decode = _pillow_decoder()
+    blobs = files.read_many([name for _, name in order])
+    x = np.stack([decode(blobs[name]) for _, name in order]) if order else np.zeros((0, 32, 32, 3), np.uint8)
+    return x.transpose(0, 3, 1, 2), np.array([c for c, _ in order], dtype=np.int64)
+
+
+def _pillow_decoder() -> Callable[[bytes], np.ndarray]:
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError("reading CIFAR-10 images needs Pillow: `pip install pillow` (or `pydeq[bench]`).") from e
+
+    def decode(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+    return decode
+
+
+def _cifar_sources(root: Path) -> Iterator[Path]:
+    yield root
+    if root.is_dir():
+        for name in ("cifar10", "cifar-10-batches-py", "cifar10/cifar-10-batches-py"):
+            yield root / name
+        yield from sorted((root / "cifar10").glob("*.tar*")) if (root / "cifar10").is_dir() else ()
+
+
+def load_cifar10(
+    root_or_tarball: str | os.PathLike[str], split: str = "train", limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 from python batches or per-class images, in a folder or a tarball (also under ``root/cifar10``).
+
+    Returns ``x: (n, 3, 32, 32)`` float32 in [0, 1] and ``y: (n,)`` int64 with classes in
+    :data:`CIFAR10_CLASSES` order; ``split`` is ``"train"`` (50,000) or ``"test"`` (10,000).
+    Reference: Krizhevsky (2009), "Learning multiple layers of features from tiny images".
+    """
+    _check_split(split)
+    _check_limit(limit)
+    root = Path(root_or_tarball)
+    for source in _cifar_sources(root):
+        if not source.exists():
+            continue
+        files = _Files(source)
+        try:
+            found = _cifar_batches(files, split, limit) or _cifar_images(files, split, limit)
+        finally:
+            files.close()
+        if found is not None:
+            x, y = found
+            return torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y)
+    raise DataMissingError(
+        f"no CIFAR-10 {split} data in {root}: expected data_batch_1..5/test_batch or {split}/<class>/*.jpg, "
+        "in a folder or tarball. Get it with `pydeq data fetch cifar10 --cache DIR [--from TARBALL]` "
+        "(see ../shared/data/README.md)."
+    )
+
+
+_LOADERS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
+
+
+def load(
+    name: str, split: str = "train", limit: int | None = None, *, cache_dir: str | os.PathLike[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load data set ``name`` (``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``) from the cache.
+
+    ``cache_dir`` defaults to :func:`default_cache_dir`. Raises :class:`DataMissingError` (with the command that
+    fetches it) when the files are not there; nothing is downloaded here.
+    """
+    if name not in _LOADERS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {sorted(_LOADERS)}.")
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return _LOADERS[name](root, split, limit)
+
+
+def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None, *, source: str = "auto",
+          from_path: str | os.PathLike[str] | None = None, timeout: float = 30.0, progress: bool = True) -> Path:
+    """Obtain and verify data set ``name`` into ``<cache_dir>/<name>/``: official hosts, else registries.
+
+    See :func:`pydeq.bench.fetch.fetch` for the sources and arguments; returns the data set's folder.
+    """
+    from pydeq.bench.fetch import fetch as _fetch
+
+    return _fetch(name, cache_dir, source=source, from_path=from_path, timeout=timeout, progress=progress)
