@@ -135,7 +135,7 @@ def integrate(solver: AbstractODESolver, fn: VectorField, u0: Tensor, t0: Tensor
             break
         remaining = t1 - t
         # snap to t1 when within rounding of it, so no sliver of a step is left over
-        last = dt >= remaining * (1 - 100 * eps)
+        last = dt >= remaining - 64 * eps * torch.maximum(t.abs(), t1.abs())
         h = torch.where(active, torch.where(last, remaining, dt), torch.zeros_like(dt))
         u_new, err, k_last = rk_step(tab, counted, t, u, h, k1 if fsal else counted(t, u))
         if solver.adaptive:
@@ -150,7 +150,9 @@ def integrate(solver: AbstractODESolver, fn: VectorField, u0: Tensor, t0: Tensor
             blown = active & ~torch.isfinite(u_new.detach().reshape(batch, -1)).all(dim=1)
             accept = accept & ~blown
         u = freeze(accept, u_new, u)
-        t = torch.where(accept, torch.where(last, t1, t + h), t)
+        # fixed steps: t0 + k * dt, not a running sum, so k steps of t1 / k land on t1 without a sliver
+        t_new = t + h if solver.adaptive else t0 + (accepted + 1).to(t.dtype) * solver.dt
+        t = torch.where(accept, torch.where(last, t1, t_new), t)
         if fsal:
             k1 = freeze(accept, k_last, k1)
         if on_accept is not None:
