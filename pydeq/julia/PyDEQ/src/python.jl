@@ -8,11 +8,13 @@
 Wrap the flat DLPack-capable Python tensor `o` as a Julia array of size `reverse(shape)`,
 sharing memory. A CUDA tensor becomes a `CuArray` once CUDA.jl is loaded.
 """
-function wrap(o::Py, shape)
+function wrap(o, shape)
     dims = reverse(Tuple(Int(d) for d in shape))
-    return reshape(DLPack.from_dlpack(o), dims)
+    return reshape(wrap(o), dims)
 end
-wrap(o::Py) = DLPack.from_dlpack(o)
+# `Py(o)`: juliacall may hand over an object with `__array__` as a `PyArray`; `Py` gives back the
+# Python object, whose `__dlpack__` shares its memory either way.
+wrap(o) = DLPack.from_dlpack(Py(o))
 
 """
     synchronize(x)
@@ -35,7 +37,7 @@ py_build(json::AbstractString) = build(String(json))
 [`forward!`](@ref) on torch tensors: `z`, `residual`, `x` and `θ` are flat tensors, `zshape`
 and `xshape` their torch shapes. Returns the number of function evaluations.
 """
-function py_forward(handle::Integer, z::Py, residual::Py, x::Py, θ::Py, zshape, xshape)
+function py_forward(handle::Integer, z, residual, x, θ, zshape, xshape)
     z_out = wrap(z, zshape)
     nfe = forward!(z_out, wrap(residual), handle, wrap(x, xshape), wrap(θ))
     synchronize(z_out)
@@ -47,17 +49,7 @@ end
 
 [`vjp!`](@ref) on torch tensors, shapes as for [`py_forward`](@ref).
 """
-function py_vjp(
-    handle::Integer,
-    gx::Py,
-    gθ::Py,
-    x::Py,
-    θ::Py,
-    z_star::Py,
-    gz::Py,
-    zshape,
-    xshape,
-)
+function py_vjp(handle::Integer, gx, gθ, x, θ, z_star, gz, zshape, xshape)
     gx_out = wrap(gx, xshape)
     vjp!(
         gx_out,

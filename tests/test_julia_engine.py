@@ -1,0 +1,134 @@
+"""Parity of the Julia engine with the native engine on the same weights. Needs Julia: these tests skip
+unless juliacall is installed and a Julia is at hand (``julia`` on PATH, ``PYTHON_JULIACALL_EXE``, or
+``PYDEQ_JULIA_TESTS=1`` to let juliapkg fetch one). Run them as
+``PYTHON_JULIACALL_HANDLE_SIGNALS=yes pytest -p no:faulthandler -m julia``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from pydeq import spec
+
+pytestmark = pytest.mark.julia
+
+_HAVE_JULIA = importlib.util.find_spec("juliacall") is not None and bool(
+    shutil.which("julia") or os.environ.get("PYTHON_JULIACALL_EXE") or os.environ.get("PYDEQ_JULIA_TESTS") == "1"
+)
+_REASON = ("needs Julia: pip install 'pydeq[julia]' and put julia on PATH (or set PYTHON_JULIACALL_EXE/"
+           "PYTHON_JULIACALL_PROJECT, or PYDEQ_JULIA_TESTS=1 to let juliapkg install it online)")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    if not _HAVE_JULIA:
+        pytest.skip(_REASON)
+    import pydeq.julia as pj
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pj.TorchImportOrderWarning)
+        try:
+            return pj.load()
+        except pj.JuliaUnavailableError as err:
+            pytest.skip(str(err))
+
+
+def _tight():
+    from pydeq import Broyden
+
+    return Broyden(rtol=1e-9, atol=1e-11, max_steps=300)
+
+
+def _pair(model_spec, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    native = spec.build(model_spec, backend="torch").to(dtype)
+    for p in native.f.parameters():
+        if p.dim() >= 2:
+            with torch.no_grad():
+                p.mul_(0.5)
+    julia = spec.build(model_spec, backend="julia").to(dtype)
+    julia.load_state_dict(native.state_dict())
+    return native, julia
+
+
+def _dense_f(n=6, m=3):
+    return spec.Chain(spec.Injection(z=spec.Dense(n, n, bias=False), x=spec.Dense(m, n)), spec.Tanh())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_parity_dense(engine, dtype):
+    native, julia = _pair(spec.DEQ(_dense_f(), solver=_tight()), dtype)
+    x = torch.randn(5, 3, dtype=dtype)
+    sol = julia(x, return_solution=True)
+    torch.testing.assert_close(sol.z, native(x), rtol=1e-5, atol=1e-5)
+    assert sol.nfe > 0 and sol.residual.shape == (5,)
+
+
+@pytest.mark.parametrize("kind", ["skip", "skipreg", "continuous"])
+def test_forward_parity_variants(engine, kind):
+    from pydeq._ode import Tsit5
+    from pydeq._ode.steady_state import SteadyState
+
+    f = _dense_f(4, 4)
+    model_spec = {
+        "skip": spec.SkipDEQ(f, init=spec.Dense(4, 4), solver=_tight()),
+        "skipreg": spec.SkipRegDEQ(f, solver=_tight()),
+        "continuous": spec.DEQ(f, solver=SteadyState(Tsit5(), rtol=1e-8, atol=1e-10, max_steps=2000)),
+    }[kind]
+    native, julia = _pair(model_spec)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(julia(x), native(x), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_parity_conv(engine):
+    f = spec.Chain(spec.Injection(z=spec.Conv2d(2, 2, 3, padding=1, bias=False), x=spec.Conv2d(1, 2, 3, padding=1)),
+                   spec.Tanh())
+    native, julia = _pair(spec.DEQ(f, solver=_tight()))
+    x = torch.randn(2, 1, 5, 4, dtype=torch.float64)
+    torch.testing.assert_close(julia(x), native(x), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_gradcheck_float64(engine):
+    from pydeq import GMRES, ImplicitAdjoint
+
+    adjoint = ImplicitAdjoint(linear_solver=GMRES(rtol=1e-11, atol=1e-13))
+    _, julia = _pair(spec.DEQ(_dense_f(3, 2), solver=_tight(), adjoint=adjoint))
+    names = [k for k, _ in julia.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in julia.parameters())
+    x = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+
+    def run(x, *ps):
+        return torch.func.functional_call(julia, dict(zip(names, ps, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_gradients_match_native(engine):
+    native, julia = _pair(spec.DEQ(_dense_f(), solver=_tight()))
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 6, dtype=torch.float64)
+    a = torch.autograd.grad((julia(x) * g).sum(), (x, *julia.parameters()))
+    b = torch.autograd.grad((native(x) * g).sum(), (x, *native.parameters()))
+    for ga, gb in zip(a, b, strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
+
+
+def test_interop_round_trip_shares_memory(engine):
+    from juliacall import Main as jl
+
+    from pydeq import interop
+
+    t = torch.zeros(2, 3)
+    a = interop.to_julia(t)
+    jl.seval("a -> (a[3, 1] = 7; nothing)")(a)  # Julia (3, 2) = torch (2, 3) reversed
+    assert t[0, 2] == 7
+    b = jl.seval("zeros(Float64, 3, 2)")
+    u = interop.from_julia(b)
+    assert tuple(u.shape) == (2, 3)
+    jl.seval("b -> (b[1, 2] = 5; nothing)")(b)
+    assert u[1, 0] == 5
