@@ -39,8 +39,24 @@ class JuliaEngine:
             ``py_vjp``, ``release``, ``wrap`` and ``DLPack`` works, which is how the tests check this class).
     """
 
-    def __init__(self, jl: Any):
+    def __init__(self, jl: Any, main: Any = None):
         self.jl = jl
+        self.main = main  # juliacall.Main, for loading CUDA.jl on first use
+        self._cuda = False
+
+    def _ensure_cuda(self, *tensors: Tensor) -> None:
+        """Load CUDA.jl (and cuDNN for convolutions) the first time a CUDA tensor crosses."""
+        if self._cuda or not any(t.device.type == "cuda" for t in tensors):
+            return
+        try:
+            self._call(self.main.seval, "using CUDA, cuDNN")
+        except Exception as err:
+            raise RuntimeError(
+                "CUDA tensors need CUDA.jl and cuDNN.jl in the Julia environment: python -m juliapkg add CUDA "
+                "--uuid=052768ef-5323-5732-b1bb-66c8b64840ba && python -m juliapkg add cuDNN "
+                f"--uuid=02a925ec-e4fe-4b08-9a7e-0d78e3d38ccd (then restart Python). Julia said: {err}"
+            ) from err
+        self._cuda = True
 
     def _call(self, fn: Any, *args: Any) -> Any:
         with _LOCK:
@@ -57,6 +73,7 @@ class JuliaEngine:
         """``(z*, residual, nfe)``; ``z*: z_shape`` and ``residual: (batch,)`` are allocated here, by torch."""
         xf, x_shape = interop.flat_for_julia("x", x)
         tf, _ = interop.flat_for_julia("theta", theta)
+        self._ensure_cuda(x, theta)
         z = torch.empty(z_shape, dtype=x.dtype, device=x.device)
         residual = torch.empty(z_shape[0], dtype=x.dtype, device=x.device)
         interop.sync_device(x, theta)
@@ -69,6 +86,7 @@ class JuliaEngine:
         tf, _ = interop.flat_for_julia("theta", theta)
         zf, z_shape = interop.flat_for_julia("z", z)
         gf, _ = interop.flat_for_julia("grad_z", gz)
+        self._ensure_cuda(x, theta, z, gz)
         gx, gtheta = torch.empty_like(xf), torch.empty_like(tf)
         interop.sync_device(x, theta, z, gz)
         self._call(self.jl.py_vjp, handle, gx, gtheta, xf, tf, zf, gf, z_shape, x_shape)
@@ -76,6 +94,7 @@ class JuliaEngine:
 
     def to_julia(self, t: Tensor) -> Any:
         flat, shape = interop.flat_for_julia("t", t)
+        self._ensure_cuda(t)
         interop.sync_device(t)
         return self._call(self.jl.wrap, flat, shape)
 
@@ -96,14 +115,14 @@ def start() -> JuliaEngine:
         if _ERROR is not None:
             raise _ERROR
         try:
-            _ENGINE = JuliaEngine(_import_pydeq_module())
+            _ENGINE = JuliaEngine(*_import_pydeq_module())
         except JuliaUnavailableError as err:
             _ERROR = err
             raise
         return _ENGINE
 
 
-def _import_pydeq_module() -> Any:
+def _import_pydeq_module() -> tuple[Any, Any]:
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if JULIAPKG_DIR not in sys.path:
@@ -131,7 +150,7 @@ def _import_pydeq_module() -> Any:
         raise JuliaUnavailableError(f"juliacall could not start Julia{why}: {err}. {_REMEDIES}") from err
     try:
         juliacall.Main.seval("using PyDEQ: PyDEQ")
-        return juliacall.Main.PyDEQ
+        return juliacall.Main.PyDEQ, juliacall.Main
     except Exception as err:
         raise JuliaUnavailableError(
             f"Julia started but the PyDEQ package did not load: {err}. With PYTHON_JULIACALL_PROJECT set, develop "
