@@ -1,0 +1,99 @@
+"""Wall-clock timing for benchmarks: repeated, synchronised, reported as minimum and median.
+
+Ratios between methods are what the suite reports, so methods that are compared are timed side by side,
+interleaved round-robin (A B A B …) so that drift in the machine's speed hits both alike.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Stopwatch", "Timing", "measure", "measure_side_by_side", "stopwatch", "synchronize"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Repeated wall-clock samples of one operation, in seconds."""
+
+    samples: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.samples:
+            raise ValueError("a Timing needs at least one sample; got none. Use repeats >= 1.")
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def to_json(self) -> dict[str, object]:
+        return {"min_s": self.min, "median_s": self.median, "samples_s": list(self.samples)}
+
+
+def synchronize(device: torch.device | str | None) -> None:
+    """Wait for queued GPU work so that a timer measures it (no-op on CPU)."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1,
+            device: torch.device | str | None = None) -> Timing:
+    """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls, with the garbage collector paused."""
+    return measure_side_by_side({"fn": fn}, repeats=repeats, warmup=warmup, device=device)["fn"]
+
+
+def measure_side_by_side(fns: dict[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
+                         device: torch.device | str | None = None) -> dict[str, Timing]:
+    """Time several functions interleaved round-robin; returns a :class:`Timing` per name."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}.")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    gc.collect()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            enabled = gc.isenabled()
+            gc.disable()  # as timeit does: no collector pauses inside a sample
+            try:
+                synchronize(device)
+                t0 = time.perf_counter()
+                fn()
+                synchronize(device)
+                samples[name].append(time.perf_counter() - t0)
+            finally:
+                if enabled:
+                    gc.enable()
+    return {name: Timing(tuple(s)) for name, s in samples.items()}
+
+
+@dataclass
+class Stopwatch:
+    """Elapsed seconds of a ``with stopwatch(device):`` block (``seconds`` is set on exit)."""
+
+    seconds: float = float("nan")
+    _start: float = field(default=0.0, repr=False)
+
+
+@contextmanager
+def stopwatch(device: torch.device | str | None = None) -> Iterator[Stopwatch]:
+    """Time a block, synchronising the device before starting and before stopping."""
+    sw = Stopwatch()
+    synchronize(device)
+    sw._start = time.perf_counter()
+    try:
+        yield sw
+    finally:
+        synchronize(device)
+        sw.seconds = time.perf_counter() - sw._start

@@ -1,0 +1,185 @@
+"""The benchmark pipeline end to end on tiny claims: schema, report, plots, interruption, errors, timing maths."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from pydeq import cli
+from pydeq.bench import REGISTRY, BenchContext, ClaimResult, Row, SkipClaim, Timing, claim, run_suite
+from pydeq.bench import runner as runner_mod
+from pydeq.bench.report import render_markdown, summary_table
+from pydeq.bench.schema import MACHINE, SCHEMA, validate
+from pydeq.bench.system import machine_info
+from pydeq.bench.timing import measure, measure_side_by_side, stopwatch
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def tiny_claims() -> Iterator[None]:
+    """Register throw-away claims for one test and remove them afterwards."""
+    before = dict(REGISTRY)
+
+    @claim("t-ok", title="Tiny OK", paper="Nobody (2024)", suites=())
+    def ok(ctx: BenchContext) -> ClaimResult:
+        t = {"fast": Timing((1.0, 1.2, 0.9)), "slow": Timing((3.0, 2.7, 3.3))}
+        return ClaimResult(rows=[Row.speedup("fast", "slow", t["fast"], t["slow"], quantity="step time",
+                                             paper_figure="2–4×", at_least=2.0)],
+                           series={"time_per_epoch": {"fast": [1.0, 0.9], "slow": [3.0, float("nan")]},
+                                   "backward_time": {"fast": [0.1, 0.2], "slow": [0.5, 0.4]}},
+                           setup={"seed_used": ctx.seed, "random": random.random()}, summary="ok")
+
+    @claim("t-boom", title="Tiny error", paper="", suites=())
+    def boom(ctx: BenchContext) -> ClaimResult:
+        raise ValueError("kaboom")
+
+    @claim("t-skip", title="Tiny skip", paper="", suites=())
+    def skip(ctx: BenchContext) -> ClaimResult:
+        raise SkipClaim("needs a GPU")
+
+    @claim("t-stop", title="Tiny Ctrl-C", paper="", suites=())
+    def stop(ctx: BenchContext) -> ClaimResult:
+        raise KeyboardInterrupt
+
+    yield
+    REGISTRY.clear()
+    REGISTRY.update(before)
+
+
+def assert_valid(out: Path) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    assert validate(results) == []
+    for c in results["claims"]:
+        for p in c["plots"]:
+            assert (out / p).read_bytes().startswith(PNG)
+    return results
+
+
+def test_selftest_end_to_end_through_cli(tmp_path: Path) -> None:
+    out, threads = tmp_path / "run", torch.get_num_threads()
+    assert cli.main(["bench", "quick", "--only", "selftest", "--out", str(out), "--repeats", "2", "--no-progress",
+                     "--seed", "3", "--threads", "1"]) == 0
+    results = assert_valid(out)
+    assert results["status"] == "complete" and results["config"]["seed"] == 3 and results["config"]["repeats"] == 2
+    (c,) = results["claims"]
+    assert c["name"] == "selftest" and c["status"] in ("held", "not_held", "partial")
+    assert {"time_per_epoch", "nfe_per_epoch", "accuracy", "backward_time"} <= set(c["series"])
+    assert {f"plots/selftest_{k}.png" for k in ("time_per_epoch", "nfe_per_epoch", "accuracy", "backward_time")} \
+        <= set(c["plots"])
+    assert (out / "plots" / "overview.png").read_bytes().startswith(PNG)
+    report = (out / "report.md").read_text()
+    assert "Pipeline self-test" in report and "Paper's figure" in report and "![plots/selftest_accuracy.png]" in report
+    assert results["machine"]["torch_threads"] == 1 and torch.get_num_threads() == threads  # restored
+    assert results["machine"]["cores_logical"] >= 1 and results["machine"]["matmul_gflops"] > 0
+
+
+def test_statuses_errors_and_skips(tmp_path: Path, tiny_claims: None, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["bench", "quick", "--only", "t-ok", "t-boom", "t-skip", "--out", str(tmp_path), "--no-progress"])
+    assert code == 1  # an errored claim makes the run fail, after the others ran
+    results = assert_valid(tmp_path)
+    by_name = {c["name"]: c for c in results["claims"]}
+    assert by_name["t-ok"]["status"] == "held"
+    assert by_name["t-boom"]["status"] == "error" and "ValueError: kaboom" in by_name["t-boom"]["error"]
+    assert by_name["t-skip"]["status"] == "skipped" and "needs a GPU" in by_name["t-skip"]["error"]
+    assert by_name["t-ok"]["series"]["time_per_epoch"]["slow"] == [3.0, None]  # NaN is written as null
+    assert results["counts"] == {"held": 1, "not_held": 0, "partial": 0, "inconclusive": 0, "skipped": 1,
+                                 "error": 1, "interrupted": 0}
+    printed = capsys.readouterr()
+    assert "t-ok" in printed.err and "fast vs slow" in printed.err and "held" in printed.err
+
+
+def test_interruption_leaves_complete_results(tmp_path: Path, tiny_claims: None) -> None:
+    code = cli.main(["bench", "quick", "--only", "t-ok", "t-stop", "t-skip", "--out", str(tmp_path),
+                     "--no-progress"])
+    assert code == 130
+    results = assert_valid(tmp_path)
+    assert results["status"] == "interrupted" and results["finished_at"] is not None
+    assert [(c["name"], c["status"]) for c in results["claims"]] == [("t-ok", "held"), ("t-stop", "interrupted")]
+    assert results["claims"][0]["rows"][0]["ratio"] == pytest.approx(3.0)
+    assert "**Interrupted.**" in (tmp_path / "report.md").read_text()
+
+
+def test_claims_are_seeded_independently_of_order(tmp_path: Path, tiny_claims: None) -> None:
+    a = run_suite("quick", only=["t-skip", "t-ok"], out_dir=tmp_path / "a", progress=False, echo=lambda s: None)
+    b = run_suite("quick", only=["t-ok"], out_dir=tmp_path / "b", progress=False, echo=lambda s: None)
+    assert a["claims"][-1]["setup"] == b["claims"][-1]["setup"]
+
+
+def test_broken_claim_module_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_claims: None) -> None:
+    monkeypatch.setattr(runner_mod, "discover", lambda: {"pydeq.bench.claims.bad": "SyntaxError: oops"})
+    monkeypatch.setattr(runner_mod, "_IMPORT_ERRORS", {})
+    results = run_suite("quick", only=["t-ok"], out_dir=tmp_path, progress=False, echo=lambda s: None)
+    assert results["claims"][0]["name"] == "import:pydeq.bench.claims.bad"
+    assert results["claims"][0]["status"] == "error" and validate(results) == []
+
+
+def test_schema_validator_catches_violations(tmp_path: Path, tiny_claims: None) -> None:
+    results = run_suite("quick", only=["t-ok"], out_dir=tmp_path, progress=False, echo=lambda s: None)
+    assert validate(results) == []
+    bad = json.loads(json.dumps(results))
+    del bad["machine"]
+    bad["claims"][0]["rows"][0]["held"] = "yes"
+    bad["claims"][0]["status"] = "great"
+    bad["extra"] = 1
+    errors = "\n".join(validate(bad))
+    assert "missing 'machine'" in errors and "$.claims[0].rows[0].held: expected boolean or null" in errors
+    assert "'great' not in" in errors and "unexpected key 'extra'" in errors
+    assert SCHEMA["properties"]["schema_version"] == {"const": 1}
+
+
+def test_row_speedup_maths() -> None:
+    method, peer = Timing((2.0, 1.0, 3.0)), Timing((4.0, 5.0, 3.0))
+    row = Row.speedup("a", "b", method, peer, quantity="t", paper_figure="3×", at_least=3.0, why_not="too small")
+    assert row.ratio == pytest.approx(2.0) and row.ratio_min == pytest.approx(3.0)
+    assert row.held is False and row.why == "median ratio 2.00× < 3×: too small"
+    assert row.measured_figure == "2.00× (min 3.00×)"
+    assert row.to_json()["metrics"] == {"method_median_s": 2.0, "method_min_s": 1.0, "peer_median_s": 4.0,
+                                        "peer_min_s": 3.0}
+    held = Row.speedup("a", "b", method, peer, quantity="t", paper_figure="2×", at_least=2.0, why_not="unused")
+    assert held.held is True and held.why == "median ratio 2.00× ≥ 2×"
+    assert Row(method="a", quantity="q", ratio=math.inf).to_json()["ratio"] is None
+
+
+@pytest.mark.parametrize(("verdicts", "status"), [([True, True], "held"), ([False, None], "not_held"),
+                                                  ([True, False], "partial"), ([None], "inconclusive"),
+                                                  ([], "inconclusive")])
+def test_claim_status(verdicts: list[bool | None], status: str) -> None:
+    assert ClaimResult(rows=[Row(method="m", quantity="q", held=v) for v in verdicts]).status == status
+
+
+def test_timing_helpers() -> None:
+    with pytest.raises(ValueError, match="at least one sample"):
+        Timing(())
+    with pytest.raises(ValueError, match="need repeats >= 1"):
+        measure(lambda: None, repeats=0)
+    calls: list[str] = []
+    t = measure_side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # interleaved, warm-up first
+    assert len(t["a"].samples) == 3 and t["a"].min <= t["a"].median
+    with stopwatch() as sw:
+        sum(range(1000))
+    assert 0 < sw.seconds < 1
+
+
+def test_machine_info_matches_schema_and_keeps_seed() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    info = machine_info("cpu")
+    assert torch.equal(torch.rand(3), expected)  # the calibration does not consume the seeded stream
+    assert validate(info, MACHINE) == []
+    assert info["torch"] == torch.__version__ and info["device"] == "cpu"
+
+
+def test_report_renders_without_claims(tmp_path: Path, tiny_claims: None) -> None:
+    results = run_suite("quick", only=["t-skip"], out_dir=tmp_path, progress=False, echo=lambda s: None)
+    empty = {**results, "claims": [], "counts": {}}
+    assert "No claims ran." in render_markdown(empty)
+    assert summary_table(empty).endswith("no claims")

@@ -1,0 +1,110 @@
+"""The ``pydeq`` command line: argument errors exit 2 with a message; data commands work offline."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from pydeq import cli
+from pydeq.bench import fetch as fetch_mod
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def exit_code(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required"),
+        (["bench"], "the following arguments are required: suite"),
+        (["bench", "fast"], "invalid choice: 'fast'"),
+        (["bench", "quick", "--repeats", "0"], "expected a positive integer; got 0"),
+        (["bench", "quick", "--repeats", "many"], "expected a positive integer; got 'many'"),
+        (["bench", "quick", "--seed", "-1"], "expected a non-negative integer; got -1"),
+        (["bench", "quick", "--backend", "jax"], "invalid choice: 'jax'"),
+        (["bench", "quick", "--device", "tpu"], "is not a device|only cpu and cuda"),
+        (["bench", "quick", "--device", "meta"], "only cpu and cuda are supported"),
+        (["bench", "quick", "--only", "no-such-claim"], "unknown claim\\(s\\) no-such-claim; available: .*selftest"),
+        (["bench", "quick", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["data", "fetch", "svhn"], "invalid choice: 'svhn'"),
+        (["data", "fetch", "mnist", "--from", "x.tar.gz"], "--from is only for cifar10"),
+        (["data", "fetch", "mnist", "--source", "ftp"], "invalid choice: 'ftp'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_message(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = exit_code(argv, capsys)
+    assert code == 2
+    assert re.search(message, err), err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = exit_code(["bench", "quick", "--device", "cuda"], capsys)
+    assert code == 2 and "CUDA is not available here" in err and "--device cpu" in err
+
+
+def test_julia_backend_unavailable_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import pydeq.julia
+
+    def refuse() -> None:
+        raise pydeq.julia.JuliaUnavailableError("no Julia on this machine")
+
+    monkeypatch.setattr(pydeq.julia, "load", refuse)
+    code, err = exit_code(["bench", "quick", "--backend", "julia", "--only", "selftest"], capsys)
+    assert code == 2 and "Julia engine is not usable here: no Julia on this machine" in err
+
+
+def test_julia_backend_not_importable_exits_2(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "pydeq.julia", None)  # import raises ImportError
+    code, err = exit_code(["bench", "quick", "--backend", "julia"], capsys)
+    assert code == 2 and "Julia engine cannot be imported" in err
+
+
+def test_bench_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "list"]) == 0
+    assert "selftest" in capsys.readouterr().out
+
+
+def test_data_info_and_fetch_cifar_from_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "src" / "test" / "cat").mkdir(parents=True)
+    (tmp_path / "src" / "test" / "cat" / "0000.jpg").write_bytes(b"not really")
+    with tarfile.open(tmp_path / "c.tar.gz", "w:gz") as tf:
+        tf.add(tmp_path / "src" / "test", arcname="test")
+    cache = tmp_path / "cache"
+    assert cli.main(["data", "fetch", "cifar10", "--cache", str(cache), "--from", str(tmp_path / "c.tar.gz")]) == 0
+    assert (cache / "cifar10" / "c.tar.gz").is_file()
+    assert cli.main(["data", "info", "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "c.tar.gz" in out and "missing: pydeq data fetch mnist" in out
+
+
+def test_data_fetch_failure_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(fetch_mod, "_MNIST_URLS", ("http://127.0.0.1:9/",))  # refused at once, no network used
+    code = cli.main(["data", "fetch", "mnist", "--source", "official", "--cache", str(tmp_path), "--no-progress",
+                     "--timeout", "2"])
+    assert code == 1
+    assert "could not fetch mnist" in capsys.readouterr().err
+
+
+def test_real_process_exit_status() -> None:
+    """The console entry point really exits 2 (not just raises inside main)."""
+    for module in ("pydeq.cli", "pydeq.bench"):
+        args = [sys.executable, "-m", module] + (["bench"] if module == "pydeq.cli" else []) + ["quick", "--seed", "x"]
+        r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        assert r.returncode == 2, r.stderr
+        assert "expected a non-negative integer" in r.stderr
