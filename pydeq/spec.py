@@ -327,7 +327,7 @@ _KINDS = {DEQ: "DEQ", SkipDEQ: "SkipDEQ", SkipRegDEQ: "SkipRegDEQ"}
 
 # Julia counterparts of pydeq's solvers (NonlinearSolve.jl / OrdinaryDiffEq.jl names).
 _JULIA_ROOT = {"Broyden": "Broyden", "NewtonKrylov": "NewtonKrylov"}
-_JULIA_ODE = {"Tsit5": "Tsit5", "Dopri5": "DP5"}
+_JULIA_ODE = {"Tsit5": "Tsit5", "Dopri5": "DP5", "BS3": "BS3"}
 # used when a spec leaves solver/adjoint as None (the Julia defaults of this engine)
 JULIA_DEFAULT_TOLERANCES = {"rtol": 1e-4, "atol": 1e-6, "max_steps": 50}
 JULIA_DEFAULT_ADJOINT = {"rtol": 1e-6, "atol": 1e-8, "max_steps": 100}
@@ -348,7 +348,7 @@ def _julia_solver(solver: Any) -> dict:
         name = _JULIA_ROOT[kind]
     else:
         raise ValueError(f"the Julia engine has no counterpart of {kind}; use Broyden(...), NewtonKrylov(...) or "
-                         "SteadyState(Tsit5()) / SteadyState(Dopri5()), or backend='torch'")
+                         "SteadyState(Tsit5() / Dopri5() / BS3()), or backend='torch'")
     return {"name": name, "reltol": float(solver.rtol), "abstol": float(solver.atol), "maxiters": int(solver.max_steps)}
 
 

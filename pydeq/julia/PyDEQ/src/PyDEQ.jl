@@ -20,7 +20,8 @@ using NonlinearSolve:
     LimitedMemoryBroyden,
     NewtonRaphson,
     NormTerminationMode
-using OrdinaryDiffEq: DP5, Tsit5
+using OrdinaryDiffEq: Tsit5              # exported by v6 and v7
+using OrdinaryDiffEqLowOrderRK: BS3, DP5 # v7 no longer re-exports these
 using PrecompileTools: @compile_workload, @setup_workload
 using PythonCall: Py
 using Random: AbstractRNG, Xoshiro

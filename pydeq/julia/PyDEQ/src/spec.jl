@@ -16,6 +16,7 @@ const SOLVERS = Dict{String, Function}(
     "NewtonKrylov" => () -> NewtonRaphson(; linsolve = KrylovJL_GMRES()),
     "Tsit5" => () -> Tsit5(),
     "DP5" => () -> DP5(),
+    "BS3" => () -> BS3(),
 )
 
 function lookup(table::Dict, key, what::AbstractString)
