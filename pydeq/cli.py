@@ -173,6 +173,9 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
                             progress=not args.no_progress, fetch=not args.no_fetch, argv=["pydeq", *argv])
     finally:
         torch.set_num_threads(threads)  # main() may run inside a longer process (tests, notebooks)
+    from pydeq.bench.report import summary_table
+
+    print(summary_table(results))
     print(f"results: {out / 'results.json'}; report: {out / 'report.md'}")
     if results["status"] == "interrupted":
         return 130

@@ -21,7 +21,7 @@ import torch
 from pydeq.bench.claim import REGISTRY, BenchContext, Claim, ClaimResult, SkipClaim, seed_everything
 from pydeq.bench.claims import discover
 from pydeq.bench.plots import plot_claim
-from pydeq.bench.report import summary_table, write_report
+from pydeq.bench.report import write_report
 from pydeq.bench.schema import STATUSES
 from pydeq.bench.system import machine_info
 
@@ -86,6 +86,8 @@ def run_suite(suite: str, *, out_dir: str | Path, only: Sequence[str] | None = N
 
     Returns the results record (see :mod:`pydeq.bench.schema`); its ``status`` is ``"interrupted"`` when a
     ``KeyboardInterrupt`` stopped the run, in which case everything that finished is already on disk.
+    ``echo`` receives one line per finished claim (default: stderr, above the progress bars);
+    :func:`pydeq.bench.report.summary_table` formats the returned record for a terminal.
     """
     from tqdm import tqdm
 
@@ -137,5 +139,4 @@ def run_suite(suite: str, *, out_dir: str | Path, only: Sequence[str] | None = N
         results["status"] = "complete"
     results["finished_at"] = _now()
     save()
-    echo(summary_table(results))
     return results
