@@ -386,6 +386,7 @@ class SpecModel(nn.Module):
     @backend.setter
     def backend(self, value: str | None) -> None:
         value = value if value is not None else os.environ.get(BACKEND_ENV, "torch")
+        value = "torch" if value == "native" else value  # `pydeq bench --backend native` spelling
         if value not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {value!r} (from the argument or ${BACKEND_ENV})")
         self._backend = value

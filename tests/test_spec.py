@@ -145,6 +145,7 @@ def test_backend_from_environment(monkeypatch):
     assert _deq().backend == "julia"
     monkeypatch.setenv(spec.BACKEND_ENV, "torch")
     assert _deq().backend == "torch"
+    assert spec.build(_deq().spec, backend="native").backend == "torch"
 
 
 def test_state_dict_and_pickle_need_no_julia(tmp_path):
