@@ -186,6 +186,9 @@ def _read_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return x, np.asarray(d[b"labels"], dtype=np.int64)
 
 
+_TAR_INDEX: dict[tuple[str, int, int], dict[str, tarfile.TarInfo]] = {}
+
+
 class _Files:
     """Name → bytes over a folder or a tarball, so every layout is parsed once."""
 
@@ -193,7 +196,11 @@ class _Files:
         self.source = source
         self._tar = tarfile.open(source) if source.is_file() else None
         if self._tar is not None:
-            self._members = {m.name: m for m in self._tar.getmembers() if m.isfile()}
+            key = (str(source.resolve()), source.stat().st_mtime_ns, source.stat().st_size)
+            if key not in _TAR_INDEX:  # listing 60,000 members of a .tar.gz takes seconds; reading is cheap
+                _TAR_INDEX.clear()
+                _TAR_INDEX[key] = {m.name: m for m in self._tar.getmembers() if m.isfile()}
+            self._members = _TAR_INDEX[key]
             self.names = sorted(self._members)
         else:
             self.names = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())

@@ -182,5 +182,6 @@ def test_machine_info_matches_schema_and_keeps_seed() -> None:
 def test_report_renders_without_claims(tmp_path: Path, tiny_claims: None) -> None:
     results = run_suite("quick", only=["t-skip"], out_dir=tmp_path, progress=False, echo=lambda s: None)
     empty = {**results, "claims": [], "counts": {}}
-    assert "No claims ran." in render_markdown(empty)
+    assert "No claims ran." in render_markdown(empty) and "Over budget" not in render_markdown(empty)
+    assert "Over budget:** the quick suite should finish in 5 minutes" in render_markdown({**empty, "elapsed_s": 400})
     assert summary_table(empty).endswith("no claims")

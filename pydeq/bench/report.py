@@ -15,6 +15,7 @@ from pydeq.bench.plots import plot_overview
 
 __all__ = ["render_markdown", "summary_table", "write_json", "write_report"]
 
+_QUICK_BUDGET_S = 300
 _BADGES = {"held": "✅ held", "not_held": "❌ not held", "partial": "◐ partly held", "inconclusive": "– no verdict",
            "skipped": "⏭ skipped", "error": "💥 error", "interrupted": "⏹ interrupted"}
 
@@ -91,6 +92,9 @@ def render_markdown(results: dict[str, Any], overview: str | None = None) -> str
             f"`{cfg['device']}`, backend `{cfg['backend']}`, {cfg['repeats']} timing repeats; commit {commit}.",
             "", "Timings are ratios measured side by side in this run (median of the repeats; the minimum beside "
             "it). A claim *holds* when the measured ratio reaches the paper's figure.", ""]
+    if results["suite"] == "quick" and results["elapsed_s"] > _QUICK_BUDGET_S:
+        out += [f"> **Over budget:** the quick suite should finish in {_QUICK_BUDGET_S // 60} minutes on a 2-core "
+                f"CPU; this run took {results['elapsed_s'] / 60:.1f} (machine busy, or a claim needs trimming).", ""]
     if overview:
         out += [f"![Claims at a glance]({overview})", ""]
     if claims:
