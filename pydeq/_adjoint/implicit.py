@@ -33,7 +33,9 @@ def attach_hook(fn: Callable[[Tensor], Tensor], solution: Solution,
     K = vjp_operator(z_in, z_out, counter)
     stats = solution.backward
 
-    def hook(g: Tensor) -> Tensor:
+    def hook(g: Tensor | None) -> Tensor | None:
+        if g is None:  # undefined gradient: nothing flows back
+            return None
         counter[0] = 0
         w, residual = correct(g, K)
         stats.nfe, stats.residual, stats.ran = counter[0] + 1, residual, True

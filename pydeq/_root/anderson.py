@@ -66,7 +66,9 @@ class Anderson(AbstractRootFinder):
         X, F = state.X[:, :n], state.F[:, :n]
         G = F - X
         GG = G @ G.transpose(1, 2)  # (batch, n, n)
-        scale = GG.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(GG.dtype).tiny)
+        scale = GG.diagonal(dim1=1, dim2=2).mean(1)
+        # an all-zero history (x = 0, a sample already exact) would make the bordered system singular
+        scale = torch.where(scale > torch.finfo(GG.dtype).tiny ** 0.5, scale, torch.ones_like(scale))
         eye = torch.eye(n, dtype=G.dtype, device=G.device)
         GG = GG + (self.regularisation * scale)[:, None, None] * eye
         # bordered system [[0, 1^T], [1, GG]] [mu, a] = [1, 0]

@@ -112,6 +112,13 @@ class DEQ(nn.Module):
             )
         return z0
 
+    def __getstate__(self) -> dict:
+        # the last solution holds graph-attached tensors: not part of the model, and deepcopy/pickle refuse them
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["last_solution"], state["_last_x"] = None, None
+        return state
+
     @contextlib.contextmanager
     def pretraining(self, steps: int) -> Iterator[DEQ]:
         """Within the block, apply f ``steps`` times with ordinary back-propagation instead of solving."""
