@@ -185,3 +185,66 @@ def test_report_renders_without_claims(tmp_path: Path, tiny_claims: None) -> Non
     assert "No claims ran." in render_markdown(empty) and "Over budget" not in render_markdown(empty)
     assert "Over budget:** the quick suite should finish in 5 minutes" in render_markdown({**empty, "elapsed_s": 400})
     assert summary_table(empty).endswith("no claims")
+
+
+_SLOW_RUN = """
+import sys, time
+from pydeq import cli
+from pydeq.bench import ClaimResult, Row, claim
+
+@claim("fast", title="Fast", paper="", suites=())
+def fast(ctx):
+    return ClaimResult(rows=[Row(method="a", quantity="q", ratio=2.0, held=True)])
+
+@claim("slow", title="Slow", paper="", suites=())
+def slow(ctx):
+    (ctx.out_dir / "slow-started").touch()
+    time.sleep(120)
+
+sys.exit(cli.main(["bench", "quick", "--only", "fast", "slow", "--out", sys.argv[1], "--no-progress"]))
+"""
+
+
+def test_real_ctrl_c_leaves_complete_results(tmp_path: Path) -> None:
+    """SIGINT to a running `pydeq bench` process: exit 130, results.json valid with the finished claim."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_RUN, str(tmp_path)], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (tmp_path / "slow-started").exists():
+                break
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+    finally:
+        proc.kill()
+    results = assert_valid(tmp_path)
+    assert results["status"] == "interrupted"
+    assert [(c["name"], c["status"]) for c in results["claims"]] == [("fast", "held"), ("slow", "interrupted")]
+
+
+def test_ctrl_c_while_saving_finishes_the_write(tmp_path: Path, tiny_claims: None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    real, calls = runner_mod.write_report, []
+
+    def interrupted_write(results: dict, out_dir: Path) -> Path:
+        calls.append(1)
+        if len(calls) == 2:  # the save after the first claim: Ctrl-C arrives mid-write
+            signal.raise_signal(signal.SIGINT)
+        return real(results, out_dir)
+
+    monkeypatch.setattr(runner_mod, "write_report", interrupted_write)
+    results = run_suite("quick", only=["t-ok", "t-skip"], out_dir=tmp_path, progress=False, echo=lambda s: None)
+    assert results["status"] == "interrupted"
+    assert [c["name"] for c in assert_valid(tmp_path)["claims"]] == ["t-ok"]  # written whole; t-skip never ran

@@ -9,10 +9,13 @@ mark it skipped.
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,22 @@ def available_claims() -> dict[str, Claim]:
     """Every registered claim, after importing the claim modules (import failures are kept for the report)."""
     _IMPORT_ERRORS.update(discover())
     return dict(REGISTRY)
+
+
+@contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so results and report are never left half-written (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _now() -> str:
@@ -113,7 +132,10 @@ def run_suite(suite: str, *, out_dir: str | Path, only: Sequence[str] | None = N
         results["counts"] = {s: sum(c["status"] == s for c in results["claims"]) for s in STATUSES}
         write_report(results, out_dir)
 
-    save()
+    with _deferred_interrupt():
+        import matplotlib.figure  # noqa: F401 - imported whole now: a Ctrl-C mid-import would break later plots
+
+        save()
     ctx_args = dict(suite=suite, seed=seed, device=device, backend=backend, repeats=repeats, out_dir=out_dir,
                     data_dir=None if data_dir is None else Path(data_dir), progress=progress, fetch=fetch)
     bar = tqdm(selected, desc=f"pydeq bench {suite}", unit="claim", disable=not progress, dynamic_ncols=True)
@@ -124,11 +146,12 @@ def run_suite(suite: str, *, out_dir: str | Path, only: Sequence[str] | None = N
             bar.set_postfix_str(current.name)
             t_claim = time.perf_counter()
             record = _run_one(current, BenchContext(**ctx_args))
-            record["plots"] = plot_claim(record, out_dir)
-            results["claims"].append(record)
-            current = None
-            echo(f"{record['name']}: {record['status'].replace('_', ' ')} ({record['elapsed_s']:.1f} s)")
-            save()
+            with _deferred_interrupt():
+                record["plots"] = plot_claim(record, out_dir)
+                results["claims"].append(record)
+                current = None
+                echo(f"{record['name']}: {record['status'].replace('_', ' ')} ({record['elapsed_s']:.1f} s)")
+                save()
     except KeyboardInterrupt:
         results["status"] = "interrupted"
         if current is not None:
@@ -138,5 +161,6 @@ def run_suite(suite: str, *, out_dir: str | Path, only: Sequence[str] | None = N
     if results["status"] != "interrupted":
         results["status"] = "complete"
     results["finished_at"] = _now()
-    save()
+    with _deferred_interrupt():
+        save()
     return results
