@@ -4,8 +4,9 @@ from .adjoint import AbstractODEAdjoint, BacksolveAdjoint, DirectAdjoint
 from .controller import PIController
 from .odeint import odeint
 from .solvers import BS3, RK4, AbstractODESolver, Dopri5, Euler, Tsit5
+from .steady_state import SteadyState
 
 __all__ = [
     "AbstractODEAdjoint", "AbstractODESolver", "BS3", "BacksolveAdjoint", "DirectAdjoint", "Dopri5", "Euler",
-    "PIController", "RK4", "Tsit5", "odeint",
+    "PIController", "RK4", "SteadyState", "Tsit5", "odeint",
 ]

@@ -51,7 +51,7 @@ class HomoODE(nn.Module):
         params: extra tensors the backsolve adjoint must reach when ``g`` is a closure.
         max_steps, on_failure: as for :class:`~pydeq.nn.NeuralODE`.
 
-    ``forward(x, return_solution=False)``; ``self.last_solution`` keeps the latest :class:`~pydeq.Solution`.
+    ``forward(x, *, return_solution=False)``; ``self.last_solution`` keeps the latest :class:`~pydeq.Solution`.
 
     Reference: Ding, Cui, Wang & Shi, HomoODE, NeurIPS 2023, arXiv:2310.09583.
     """
@@ -105,7 +105,7 @@ class HomoODE(nn.Module):
                              f"got shape {tuple(out.shape)}.")
         return out.reshape(1, *self.state_shape)
 
-    def forward(self, x: Tensor, return_solution: bool = False) -> Any:
+    def forward(self, x: Tensor, *, return_solution: bool = False) -> Any:
         check_tensor("x", x)
         z0 = self.initial_point().detach().to(x.dtype)  # detached: the main loss never moves z0
         z1, solution = self.ode(x, z0=z0.expand(x.shape[0], *self.state_shape), return_solution=True)
@@ -194,7 +194,7 @@ class AugmentedNeuralODE(nn.Module):
     def last_solution(self) -> Any:
         return self.ode.last_solution
 
-    def forward(self, x: Tensor, return_solution: bool = False) -> Any:
+    def forward(self, x: Tensor, *, return_solution: bool = False) -> Any:
         check_tensor("x", x)
         if x.dim() < 2:
             raise ValueError(f"x must be (batch, channels, ...); got shape {tuple(x.shape)}.")

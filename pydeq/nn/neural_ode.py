@@ -51,7 +51,7 @@ class NeuralODE(nn.Module):
         max_steps: attempted steps per sample.
         on_failure: ``"warn"``, ``"raise"`` or ``"return"`` when a sample does not reach ``t1``.
 
-    ``forward(x, z0=None, return_solution=False)`` returns ``u(t1)`` ``(batch, *state)`` (and the
+    ``forward(x, z0=None, *, return_solution=False)`` returns ``u(t1)`` ``(batch, *state)`` (and the
     :class:`~pydeq.Solution` when asked); ``self.last_solution`` keeps the latest one.
     """
 
@@ -90,7 +90,7 @@ class NeuralODE(nn.Module):
             return x.new_zeros((x.shape[0], *self.state_shape))
         return x
 
-    def forward(self, x: Tensor, z0: Tensor | None = None, return_solution: bool = False) -> Any:
+    def forward(self, x: Tensor, z0: Tensor | None = None, *, return_solution: bool = False) -> Any:
         check_tensor("x", x)
         if x.dim() < 1:
             raise ValueError(f"x must be batched, shape (batch, ...); got shape {tuple(x.shape)}.")
