@@ -110,6 +110,13 @@ def _f_call_time(model: _TanhMLP, x: torch.Tensor, repeats: int = 200) -> float:
         return (time.perf_counter() - t0) / repeats
 
 
+def _methods(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor) -> dict[str, Any]:
+    return {"pydeq": lambda: _pydeq_step(model, x, c),
+            "pydeq-matched": lambda: _pydeq_step(model, x, c, rtol=FWD_RTOL / 4),
+            "torchdeq": lambda: _torchdeq_step(model, x, c, "fixed_point_iter"),
+            "torchdeq-anderson-bwd": lambda: _torchdeq_step(model, x, c, "anderson")}
+
+
 def _summarise(runs: list[dict[str, Any]], ref: torch.Tensor, t_f: float) -> dict[str, float]:
     fwd = sorted(r["fwd"] for r in runs)
     step = sorted(r["fwd"] + r["bwd"] for r in runs)
@@ -140,10 +147,7 @@ def engine_vs_torchdeq(ctx: BenchContext) -> ClaimResult:
         c = torch.randn(128, d, generator=gen).to(ctx.device)
         ref = _reference_grad(model, x, c)
         t_f = _f_call_time(model, x)
-        methods = {"pydeq": lambda: _pydeq_step(model, x, c),
-                   "pydeq-matched": lambda: _pydeq_step(model, x, c, rtol=FWD_RTOL / 4),
-                   "torchdeq": lambda: _torchdeq_step(model, x, c, "fixed_point_iter"),
-                   "torchdeq-anderson-bwd": lambda: _torchdeq_step(model, x, c, "anderson")}
+        methods = _methods(model, x, c)
         runs: dict[str, list] = {k: [] for k in methods}
         for _ in range(2):  # warm-up
             for fn in methods.values():
@@ -160,7 +164,8 @@ def engine_vs_torchdeq(ctx: BenchContext) -> ClaimResult:
             ratio = mine["train_step_ms_median"] / theirs["train_step_ms_median"]
             ok = (ratio <= 0.7 and mine["final_rel_residual"] <= max(theirs["final_rel_residual"], FWD_RTOL)
                   and mine["grad_rel_error"] <= theirs["grad_rel_error"] * 1.05 + 1e-6)
-            rows.append(Row(method=f"{mine_name} d={d}", peer=f"{peer} d={d}", quantity="train step time ratio (pydeq/peer)",
+            rows.append(Row(method=f"{mine_name} d={d}", peer=f"{peer} d={d}",
+                            quantity="train step time ratio (pydeq/peer)",
                             metrics={**{f"pydeq_{k}": v for k, v in mine.items()},
                                      **{f"peer_{k}": v for k, v in theirs.items()}},
                             ratio=ratio, ratio_min=mine["train_step_ms_min"] / theirs["train_step_ms_min"],
