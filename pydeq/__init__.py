@@ -4,6 +4,7 @@ The native PyTorch engine is the default and runs everywhere; the Julia engine (
 optional and only imported when asked for.
 """
 
+from . import interop, spec
 from ._adjoint import (
     AbstractAdjoint,
     BroydenReuseAdjoint,
@@ -13,17 +14,50 @@ from ._adjoint import (
     UnrolledAdjoint,
 )
 from ._linear import GMRES, AbstractLinearSolver, Direct, Neumann
+from ._ode import (
+    BS3,
+    RK4,
+    AbstractODEAdjoint,
+    AbstractODESolver,
+    BacksolveAdjoint,
+    DirectAdjoint,
+    Dopri5,
+    Euler,
+    PIController,
+    SteadyState,
+    Tsit5,
+    odeint,
+)
 from ._root import AbstractRootFinder, Anderson, Broyden, BroydenFactors, FixedPointIteration, NewtonKrylov
 from ._solution import BackwardStats, ConvergenceError, ConvergenceWarning, NonFiniteError, Solution, Status
 from .fixed_point import fixed_point
-from .nn import DEQ, SkipDEQ, SkipRegDEQ, jacobian_frobenius
+from .nn import (
+    DEQ,
+    AugmentedNeuralODE,
+    DEQVectorField,
+    HomoODE,
+    NeuralODE,
+    SkipDEQ,
+    SkipRegDEQ,
+    jacobian_frobenius,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEQ", "SkipDEQ", "SkipRegDEQ", "jacobian_frobenius",
-    "AbstractAdjoint", "AbstractLinearSolver", "AbstractRootFinder", "Anderson", "BackwardStats", "Broyden",
-    "BroydenFactors", "BroydenReuseAdjoint", "ConvergenceError", "ConvergenceWarning", "Direct",
-    "FixedPointIteration", "GMRES", "ImplicitAdjoint", "JacobianFreeAdjoint", "Neumann", "NewtonKrylov",
-    "NonFiniteError", "PhantomAdjoint", "Solution", "Status", "UnrolledAdjoint", "fixed_point",
+    # layers
+    "DEQ", "SkipDEQ", "SkipRegDEQ", "NeuralODE", "DEQVectorField", "HomoODE", "AugmentedNeuralODE",
+    # functional API and records
+    "fixed_point", "odeint", "Solution", "Status", "BackwardStats", "ConvergenceError", "ConvergenceWarning",
+    "NonFiniteError", "jacobian_frobenius",
+    # root finders and steady state
+    "AbstractRootFinder", "FixedPointIteration", "Anderson", "Broyden", "BroydenFactors", "NewtonKrylov", "SteadyState",
+    # ODE integrators
+    "AbstractODESolver", "Tsit5", "Dopri5", "BS3", "Euler", "RK4", "PIController",
+    # adjoints and linear solvers
+    "AbstractAdjoint", "ImplicitAdjoint", "BroydenReuseAdjoint", "JacobianFreeAdjoint", "PhantomAdjoint",
+    "UnrolledAdjoint", "AbstractODEAdjoint", "DirectAdjoint", "BacksolveAdjoint", "AbstractLinearSolver", "GMRES",
+    "Neumann", "Direct",
+    # modules
+    "interop", "spec",
 ]
