@@ -24,6 +24,9 @@ class GMRES(AbstractLinearSolver):
 
     Minimises ``||b - A w||`` over ``w0 + span{r0, A r0, ...}`` with ``A = I - K``; a sample stops when
     ``||b - A w|| <= atol + rtol * ||b||``. Each inner iteration costs one call of ``K`` on the whole batch.
+    The basis is orthogonalised by classical Gram-Schmidt applied twice (CGS2, as stable as modified
+    Gram-Schmidt but two batched matrix products), and the small least-squares problem is updated by
+    Givens rotations, so the residual estimate costs O(iteration) scalar work per step.
 
     Args:
         rtol, atol: per-sample stopping tolerance on the residual norm.
@@ -51,44 +54,65 @@ class GMRES(AbstractLinearSolver):
 
         w = torch.zeros_like(bf) if w0 is None else w0.reshape(batch, -1).clone()
         tol = self.atol + self.rtol * _flat_norm(bf)
-        matvecs = 0
+        matvecs = int(w0 is not None)
         r = bf - A(w) if w0 is not None else bf.clone()
-        matvecs += int(w0 is not None)
         res = _flat_norm(r)
         while matvecs < self.max_steps:
             active = res > tol
             if not bool(active.any()):
                 break
-            dw, used = self._cycle(A, r, res, tol, self.max_steps - matvecs)
+            dw, used, est = self._cycle(A, r, res, tol, self.max_steps - matvecs)
             matvecs += used
             w = w + torch.where(active[:, None], dw, torch.zeros_like(dw))
+            if matvecs >= self.max_steps or bool((est <= tol).all()):
+                # the Givens estimate is the true residual in exact arithmetic; skip the extra matvec
+                res = torch.where(active, est, res)
+                break
             r = bf - A(w)
             matvecs += 1
             res = _flat_norm(r)
         return LinearSolution(w=w.reshape(shape), residual=res, matvecs=matvecs)
 
-    def _cycle(self, A, r: Tensor, beta: Tensor, tol: Tensor, budget: int) -> tuple[Tensor, int]:
-        """One Arnoldi cycle from residual ``r``; returns the correction and matvecs used."""
-        batch, m = r.shape[0], min(self.restart, budget)
+    def _cycle(self, A: Callable[[Tensor], Tensor], r: Tensor, beta: Tensor, tol: Tensor,
+               budget: int) -> tuple[Tensor, int, Tensor]:
+        """One Arnoldi cycle from residual ``r``; returns the correction, matvecs used, residual estimate."""
+        batch, n = r.shape
+        m = min(self.restart, budget)
         tiny = torch.finfo(r.dtype).tiny ** 0.5
-        basis = [r / beta.clamp_min(tiny)[:, None]]
-        hess = r.new_zeros(batch, m + 1, m)
-        e1 = r.new_zeros(batch, m + 1)
-        e1[:, 0] = beta
-        y = r.new_zeros(batch, 0)
+        V = r.new_zeros(batch, m + 1, n)  # basis vectors as rows: slices stay contiguous for bmm
+        V[:, 0] = r / beta.clamp_min(tiny)[:, None]
+        R = r.new_zeros(batch, m, m)  # upper-triangular factor of the Hessenberg matrix
+        Qt = torch.eye(m + 1, dtype=r.dtype, device=r.device).repeat(batch, 1, 1)  # product of Givens rotations
+        k = 0
         for j in range(m):
-            v = A(basis[j])
-            for i in range(j + 1):  # modified Gram-Schmidt
-                h = (v * basis[i]).sum(1)
-                hess[:, i, j] = h
-                v = v - h[:, None] * basis[i]
+            v = A(V[:, j])
+            Vj = V[:, : j + 1]
+            # batched mat-vecs as broadcast-and-reduce: CPU bmm with one column is a slow per-sample GEMV loop
+            h = (Vj * v[:, None]).sum(-1)
+            v = v - (h[..., None] * Vj).sum(1)
+            h2 = (Vj * v[:, None]).sum(-1)  # second pass (CGS2)
+            v = v - (h2[..., None] * Vj).sum(1)
             hn = _flat_norm(v)
-            hess[:, j + 1, j] = hn
-            basis.append(torch.where(hn[:, None] > tiny, v / hn.clamp_min(tiny)[:, None], torch.zeros_like(v)))
-            H = hess[:, : j + 2, : j + 1]
-            y = torch.linalg.lstsq(H, e1[:, : j + 2, None]).solution[..., 0]
-            est = _flat_norm(e1[:, : j + 2] - (H @ y[..., None])[..., 0])
-            if bool((est <= tol).all()):
+            V[:, j + 1] = torch.where(hn[:, None] > tiny, v / hn.clamp_min(tiny)[:, None], torch.zeros_like(v))
+            # rotate the new Hessenberg column by all previous rotations at once (one small bmm)
+            col = (Qt[:, : j + 1, : j + 1] * (h + h2)[:, None]).sum(-1)
+            a_, b_ = col[:, j], hn
+            rho = torch.sqrt(a_**2 + b_**2)
+            ok = rho > tiny
+            safe = torch.where(ok, rho, torch.ones_like(rho))
+            c, s = torch.where(ok, a_ / safe, torch.ones_like(rho)), torch.where(ok, b_ / safe, torch.zeros_like(rho))
+            col[:, j] = rho
+            R[:, : j + 1, j] = col
+            row_j, row_n = Qt[:, j].clone(), Qt[:, j + 1].clone()
+            Qt[:, j] = c[:, None] * row_j + s[:, None] * row_n
+            Qt[:, j + 1] = -s[:, None] * row_j + c[:, None] * row_n
+            k = j + 1
+            if bool((beta * Qt[:, j + 1, 0].abs() <= tol).all()):
                 break
-        V = torch.stack(basis[: y.shape[1]], dim=2)
-        return (V @ y[..., None])[..., 0], y.shape[1]
+        g = beta[:, None] * Qt[:, : k + 1, 0]
+        Rk = R[:, :k, :k]
+        diag = Rk.diagonal(dim1=1, dim2=2)
+        # a zero pivot means the Krylov space was exhausted for that sample (already converged)
+        Rk = Rk + torch.diag_embed(torch.where(diag.abs() > tiny, 0.0, 1.0))
+        y = torch.linalg.solve_triangular(Rk, g[:, :k, None], upper=True)[..., 0]
+        return (y[..., None] * V[:, :k]).sum(1), k, g[:, k].abs()
