@@ -242,9 +242,9 @@ def _torchdiffeq_row(ctx: BenchContext, model: _Classifier, x: Tensor, y: Tensor
                measured_figure=f"{r:.2f}× (NFE {calls['pydeq']} vs {nfe_peer})",
                metrics={"method_median_s": tm["pydeq"].median, "peer_median_s": tm["torchdiffeq"].median,
                         "nfe": float(calls["pydeq"]), "peer_nfe": float(nfe_peer), "max_abs_gap_u1": gap},
-               why="informative: same f, data and rtol = atol = 1e-3; torchdiffeq's NFE counts forward and backward "
-                   "calls of one step (a field call per stage); pydeq steps each sample with its own step size, "
-                   "torchdiffeq the batch with one")
+               why="informative: same f, data, u(0) = x and rtol = atol = 1e-3, both back-propagating through the "
+                   "solver; NFE is batched field calls in one forward. pydeq steps each sample with its own step "
+                   "size (a batched call serves the samples still running), torchdiffeq the batch with one")
 
 
 def _flatten(x: Tensor) -> Tensor:
