@@ -50,9 +50,11 @@ def fixed_point(
         if not isinstance(x, Tensor):
             raise ValueError("z0 is required when x is not a tensor: pass z0 with shape (batch, *state).")
         z0 = torch.zeros_like(x)
+    _check_state(z0)
     fn = _ShapeChecked(f, x, z0)
     grad = torch.is_grad_enabled()
-    with torch.set_grad_enabled(grad and adjoint.unrolled):
+    # under autocast, only f runs in low precision: the solver's own arithmetic stays in the state's dtype
+    with torch.set_grad_enabled(grad and adjoint.unrolled), torch.autocast(z0.device.type, enabled=False):
         solution = solve(solver, fn, z0 if adjoint.unrolled else z0.detach(), trace=trace)
     adjoint.check_solution(solution)
     report_failures(solution, on_failure)
@@ -76,7 +78,28 @@ def report_failures(solution: Solution, on_failure: str, what: str = "fixed-poin
     warnings.warn(msg, ConvergenceWarning, stacklevel=3)
 
 
+def _check_state(z0: Tensor) -> None:
+    if z0.dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"the state must be float32 or float64; got dtype={z0.dtype}. Solvers accumulate residuals and small "
+            "linear solves that half precision cannot resolve. Keep x and z0 in float32 and wrap the call in "
+            "torch.autocast(...): pydeq then runs f in low precision and the solver in float32."
+        )
+
+
+def _check_not_vmapped(t: Any) -> None:
+    if not isinstance(t, Tensor) or torch.compiler.is_compiling():
+        return
+    if torch._C._functorch.is_functorch_wrapped_tensor(t):
+        raise NotImplementedError(
+            "pydeq layers are batched already and their solvers stop per sample with data-dependent control flow, "
+            "which torch.func.vmap cannot trace. Call the layer on the whole batch instead of vmapping over samples."
+        )
+
+
 def _check_args(f: Any, x: Any, z0: Any, solver: Any, adjoint: Any, on_failure: str) -> None:
+    _check_not_vmapped(x)
+    _check_not_vmapped(z0)
     if not callable(f):
         raise TypeError(f"f must be callable as f(z, x); got {type(f).__name__}.")
     if isinstance(x, Tensor):
@@ -110,9 +133,17 @@ class _ShapeChecked:
     def __init__(self, f: Callable, x: Any, z0: Tensor):
         self.f, self.x, self.checked = f, x, False
         self.shape, self.dtype = z0.shape, z0.dtype
+        device = z0.device.type
+        self.amp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        self.device = device
 
     def __call__(self, z: Tensor) -> Tensor:
-        out = self.f(z, self.x)
+        if self.amp is not None:  # f in the caller's autocast precision, answer cast back to the state's dtype
+            with torch.autocast(self.device, dtype=self.amp):
+                out = self.f(z, self.x)
+            out = out.to(self.dtype) if isinstance(out, Tensor) else out
+        else:
+            out = self.f(z, self.x)
         if not self.checked:
             if not isinstance(out, Tensor):
                 raise TypeError(f"f(z, x) must return a tensor; got {type(out).__name__}.")

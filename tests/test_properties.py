@@ -171,7 +171,6 @@ def test_large_batch(solver: str) -> None:
     assert sol.success
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: batch size 0 crashes in the solvers (z0[0], reshape(0, -1))")
 @pytest.mark.parametrize("solver", list(SOLVERS))
 def test_batch_size_zero(solver: str) -> None:
     """An empty batch (the last shard of a dataset, a filtered batch) returns an empty solution and gradient."""
@@ -182,8 +181,6 @@ def test_batch_size_zero(solver: str) -> None:
     assert x.grad.shape == (0, 4)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: half precision crashes (Anderson's LU has no Half/BFloat16 "
-                                       "kernel on CPU; the adjoint's hook returns float32 for a half gradient)")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("solver", ["anderson", "picard"])
 def test_half_precision_solves_or_refuses_clearly(solver: str, dtype: torch.dtype) -> None:

@@ -217,7 +217,6 @@ def test_vmap_raises_instead_of_running() -> None:
         torch.func.vmap(lambda xi: layer(xi[None])[0])(batch())
 
 
-@pytest.mark.xfail(strict=True, reason="core: fixed_point should detect functorch-wrapped inputs and explain")
 def test_vmap_error_names_pydeq_and_the_fix() -> None:
     layer = make("DEQ", 0)
     with pytest.raises((RuntimeError, NotImplementedError), match="batched already"):
@@ -227,11 +226,17 @@ def test_vmap_error_names_pydeq_and_the_fix() -> None:
 # --- mixed precision ---------------------------------------------------------------------------------------------
 
 
-def test_autocast_without_a_cast_back_is_a_clear_error() -> None:
-    """Under autocast, ``nn.Linear`` returns bfloat16 while the state is float32: refused with a dtype message."""
+def test_autocast_runs_f_in_low_precision_and_the_solver_in_the_state_dtype() -> None:
+    """Under autocast ``nn.Linear`` computes in bfloat16; pydeq casts f's answer back, so z stays float32."""
+    torch.manual_seed(0)
     layer = make("DEQ", 0)
-    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match="returned dtype torch.bfloat16"):
-        layer(batch())
+    layer.solver = pydeq.Anderson(rtol=2e-2, atol=1e-3, max_steps=60)
+    x = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.float32 and layer.last_solution.success
+    y.sum().backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in layer.parameters())
 
 
 class CastBack(nn.Module):

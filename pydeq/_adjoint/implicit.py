@@ -34,12 +34,12 @@ def attach_hook(fn: Callable[[Tensor], Tensor], solution: Solution,
     stats = solution.backward
 
     def hook(g: Tensor | None) -> Tensor | None:
-        if g is None:  # undefined gradient: nothing flows back
-            return None
+        if g is None or g.shape[0] == 0:  # undefined gradient or empty batch: nothing to solve
+            return g
         counter[0] = 0
         w, residual = correct(g, K)
         stats.nfe, stats.residual, stats.ran = counter[0] + 1, residual, True
-        return w
+        return w.to(g.dtype)
 
     out = z_out.view_as(z_out)  # hook on an alias: K's own autograd.grad calls start below it, not re-entering it
     out.register_hook(hook)

@@ -85,10 +85,14 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
     Returns:
         A :class:`Solution` whose ``z`` is each sample's best iterate.
     """
-    counted = CountedFn(fn)
-    state = solver.init(counted, z0)
     batch = z0.shape[0]
     device = z0.device
+    if batch == 0:  # an empty shard: nothing to solve, and solvers size buffers from z0[0]
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return Solution(z=z0, residual=z0.new_zeros(0), status=empty, nfe=0, steps=empty,
+                        trace=[] if trace else None)
+    counted = CountedFn(fn)
+    state = solver.init(counted, z0)
     res = solver.residual(state)
     status = torch.full((batch,), int(Status.MAX_STEPS), dtype=torch.int64, device=device)
     finite = torch.isfinite(res)

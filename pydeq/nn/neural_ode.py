@@ -102,10 +102,12 @@ class NeuralODE(nn.Module):
         def field(t: Tensor, u: Tensor) -> Tensor:
             return f(u, x)
 
-        _check_output(field(None, u0), u0)
+        with torch.no_grad():
+            _check_output(field(None, u0), u0)
         params = [*self._module_params(), *self.extra_params, x]
         solution = odeint(field, u0, self.t_span, solver=self.solver, adjoint=self.adjoint,
                           max_steps=self.max_steps, params=params, on_failure=self.on_failure)
+        solution.nfe += 1  # the shape check above is a real call of f
         self.last_solution = solution
         return (solution.z, solution) if return_solution else solution.z
 
