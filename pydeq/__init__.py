@@ -36,6 +36,10 @@ from .nn import (
     AugmentedNeuralODE,
     DEQVectorField,
     HomoODE,
+    MultiScaleDEQ,
+    MultiScaleNeuralODE,
+    MultiScaleSkipDEQ,
+    MultiScaleSkipRegDEQ,
     NeuralODE,
     SkipDEQ,
     SkipRegDEQ,
@@ -47,6 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     # layers
     "DEQ", "SkipDEQ", "SkipRegDEQ", "NeuralODE", "DEQVectorField", "HomoODE", "AugmentedNeuralODE",
+    "MultiScaleDEQ", "MultiScaleSkipDEQ", "MultiScaleSkipRegDEQ", "MultiScaleNeuralODE",
     # functional API and records
     "fixed_point", "odeint", "Solution", "Status", "BackwardStats", "ConvergenceError", "ConvergenceWarning",
     "NonFiniteError", "jacobian_frobenius",
