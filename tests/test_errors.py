@@ -130,3 +130,12 @@ def test_deq_layer_errors():
         deq(x)
     with pytest.raises(RuntimeError, match="no solution yet"):
         pydeq.DEQ(f_ok).skip_loss()
+
+
+def test_deq_rejects_solvers_of_the_wrong_kind_at_construction():
+    with pytest.raises(TypeError, match="DEQ solver must be a root finder.*got Tsit5.*wrap it in SteadyState"):
+        pydeq.DEQ(f_ok, solver=pydeq.Tsit5())
+    with pytest.raises(TypeError, match="DEQ eval_solver must be a root finder.*got GMRES"):
+        pydeq.DEQ(f_ok, eval_solver=pydeq.GMRES())
+    with pytest.raises(TypeError, match="DEQ adjoint must be a pydeq adjoint"):
+        pydeq.DEQ(f_ok, adjoint=pydeq.DirectAdjoint())

@@ -65,6 +65,15 @@ class DEQ(nn.Module):
             raise TypeError(f"f must be an nn.Module or callable f(z, x); got {type(f).__name__}.")
         if init is not None and not callable(init) and not isinstance(init, _FOfZero):
             raise TypeError(f"init must be None or a module/callable init(x); got {type(init).__name__}.")
+        for name, value in (("solver", solver), ("eval_solver", eval_solver)):
+            if value is not None and not isinstance(value, AbstractRootFinder):
+                raise TypeError(
+                    f"DEQ {name} must be a root finder (Anderson, Broyden, NewtonKrylov, FixedPointIteration) or "
+                    f"SteadyState(Tsit5()) for a continuous DEQ; got {type(value).__name__}. "
+                    "An ODE method alone integrates a fixed horizon: use it in NeuralODE, or wrap it in SteadyState."
+                )
+        if adjoint is not None and not isinstance(adjoint, AbstractAdjoint):
+            raise TypeError(f"DEQ adjoint must be a pydeq adjoint (ImplicitAdjoint, ...); got {type(adjoint).__name__}")
         check_policy(on_failure)
         check_positive("skip_weight", skip_weight, allow_zero=True)
         check_positive("jacobian_weight", jacobian_weight, allow_zero=True)
