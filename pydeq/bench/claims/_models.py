@@ -1,0 +1,190 @@
+"""Model builders for the continuous-DEQ claims: one ``f`` per model, wrapped by every method alike.
+
+A :class:`Backbone` holds what all methods share: the encoder (images -> injection ``x``), the cell ``f(z, x)``,
+the state shape, the head (state -> logits) and the Skip DEQ initial-state network. :func:`build` deep-copies
+it (so every method starts from the same weights) and puts one *core* between encoder and head: a pydeq layer
+(``DEQ``, ``SkipDEQ``, ``SkipRegDEQ``, ``NeuralODE``) or a peer (torchdiffeq ``odeint``/``odeint_adjoint``,
+TorchDEQ ``get_deq``) on the same ``f``. Calls of ``f`` are counted with a forward hook, so the NFE of pydeq and
+of the peers are counted the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Backbone", "Net", "TorchDEQCore", "TorchdiffeqCore", "build", "conv_backbone", "mlp_backbone",
+           "multiscale_backbone"]
+
+
+@dataclass
+class Backbone:
+    """The shared parts of one model: ``head(core(encoder(images)))`` with ``core`` solving for ``f``."""
+
+    encoder: nn.Module
+    f: nn.Module
+    head: nn.Module
+    init: nn.Module
+    state_shape: tuple[int, ...]
+
+
+class _MLPCell(nn.Module):
+    """``f(z, x) = tanh(W z + x)`` with ``||W||_2 = 0.5`` at initialisation (no constraint while training)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.W = nn.Linear(width, width, bias=False)
+        with torch.no_grad():
+            self.W.weight.mul_(0.5 / torch.linalg.matrix_norm(self.W.weight, 2))
+
+    def forward(self, z: Tensor, x: Tensor) -> Tensor:
+        return torch.tanh(self.W(z) + x)
+
+
+def mlp_backbone(width: int) -> Backbone:
+    """Dense DEQ on 28x28 images: ``x = U vec(image) + b``, ``f(z, x) = tanh(W z + x)``, linear head."""
+    return Backbone(encoder=nn.Sequential(nn.Flatten(), nn.Linear(784, width)), f=_MLPCell(width),
+                    head=nn.Linear(width, 10), init=nn.Sequential(nn.Linear(width, width), nn.Tanh()),
+                    state_shape=(width,))
+
+
+class _ConvCell(nn.Module):
+    """Residual conv cell ``f(z, x) = GN(relu(z + GN(conv(relu(GN(conv(z))))) + x))`` (MDEQ's block, one branch)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm1, self.norm2, self.norm3 = (nn.GroupNorm(groups, channels) for _ in range(3))
+
+    def forward(self, z: Tensor, x: Tensor) -> Tensor:
+        out = self.norm2(self.conv2(torch.relu(self.norm1(self.conv1(z)))) + x)
+        return self.norm3(torch.relu(out + z))
+
+
+def _conv_block(c_in: int, c_out: int, groups: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.GroupNorm(groups, c_out))
+
+
+def conv_backbone(channels: int, groups: int = 4) -> Backbone:
+    """Small conv DEQ on 28x28 images: a stride-2 stem to ``(channels, 14, 14)``, one residual cell, pooled head."""
+    return Backbone(encoder=_conv_block(1, channels, groups, stride=2), f=_ConvCell(channels, groups),
+                    head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)),
+                    init=nn.Sequential(_conv_block(channels, channels, groups), nn.ReLU()),
+                    state_shape=(channels, 14, 14))
+
+
+class _MultiScaleHead(nn.Module):
+    """Unpack the branches, average-pool each, concatenate, linear (as ``MultiScaleClassifier``)."""
+
+    def __init__(self, layout: Any, classes: int = 10):
+        super().__init__()
+        self.layout = layout
+        self.linear = nn.Linear(sum(s[0] for s in layout.shapes), classes)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.linear(torch.cat([b.mean(dim=(2, 3)) for b in self.layout.unpack(z)], dim=1))
+
+
+def multiscale_backbone(channels: int, branches: int = 2, groups: int = 4) -> Backbone:
+    """Tiny multiscale DEQ on 32x32 RGB (Bai, Koltun & Kolter 2020): pydeq's ``MultiScaleSkipDEQ`` parts.
+
+    Its stem, multiscale map and branch predictor are taken from one ``MultiScaleSkipDEQ`` so the cell is the
+    library's; the packed state is ``(layout.numel,)``.
+    """
+    from pydeq.nn.multiscale import MultiScaleSkipDEQ
+
+    ms = MultiScaleSkipDEQ(3, (32, 32), branches=branches, channels=channels, groups=groups)
+    return Backbone(encoder=ms.stem, f=ms.f, head=_MultiScaleHead(ms.layout), init=ms.deq.init,
+                    state_shape=(ms.layout.numel,))
+
+
+class TorchdiffeqCore(nn.Module):
+    """torchdiffeq 0.2.5 ``odeint`` (or ``odeint_adjoint``) of ``f(u, x) - u`` over [0, 1] from ``u = 0``."""
+
+    def __init__(self, f: nn.Module, state_shape: tuple[int, ...], *, rtol: float, atol: float, adjoint: bool):
+        super().__init__()
+        from pydeq import DEQVectorField
+
+        self.field, self.state_shape = DEQVectorField(f), state_shape
+        self.rtol, self.atol, self.adjoint = rtol, atol, adjoint
+
+    def forward(self, x: Tensor) -> Tensor:
+        import torchdiffeq
+
+        field = self.field
+        u0 = x.new_zeros((x.shape[0], *self.state_shape))
+        t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
+        if not self.adjoint:
+            return torchdiffeq.odeint(lambda t, u: field(u, x), u0, t, rtol=self.rtol, atol=self.atol,
+                                      method="dopri5")[-1]
+        # x is a graph tensor, not a parameter: name it in adjoint_params or the encoder gets no gradient
+        params = (*field.parameters(), *([x] if x.requires_grad else []))
+        return torchdiffeq.odeint_adjoint(_Closure(field, x), u0, t, rtol=self.rtol, atol=self.atol,
+                                          method="dopri5", adjoint_params=params)[-1]
+
+
+class _Closure(nn.Module):
+    def __init__(self, field: nn.Module, x: Tensor):
+        super().__init__()
+        self.field, self.x = field, x
+
+    def forward(self, t: Tensor, u: Tensor) -> Tensor:
+        return self.field(u, self.x)
+
+
+class TorchDEQCore(nn.Module):
+    """TorchDEQ 0.1.0 ``get_deq`` on the same ``f``: Broyden forward, IFT backward with a Broyden solve."""
+
+    def __init__(self, f: nn.Module, state_shape: tuple[int, ...], *, tol: float, max_steps: int, bwd_steps: int):
+        super().__init__()
+        from torchdeq import get_deq
+
+        self.f, self.state_shape = f, state_shape
+        self.deq = get_deq(f_solver="broyden", f_max_iter=max_steps, f_tol=tol, f_stop_mode="rel",
+                           b_solver="broyden", b_max_iter=bwd_steps, b_tol=tol, b_stop_mode="rel", ift=True,
+                           hook_ift=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.f
+        z_out, _ = self.deq(lambda z: f(z, x), x.new_zeros((x.shape[0], *self.state_shape)))
+        return z_out[-1]
+
+
+class Net(nn.Module):
+    """``head(core(encoder(images)))``; ``calls`` counts calls of ``f`` (forward hook)."""
+
+    def __init__(self, backbone: Backbone, core: nn.Module, *, skip_weight: float = 0.0):
+        super().__init__()
+        self.encoder, self.core, self.head = backbone.encoder, core, backbone.head
+        self.skip_weight = skip_weight
+        self.calls = 0
+        backbone.f.register_forward_hook(self._count)
+
+    def _count(self, module: nn.Module, args: Any, out: Any) -> None:
+        self.calls += 1
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.core(self.encoder(images)))
+
+    def aux_loss(self) -> Tensor | None:
+        """``skip_weight * skip_loss()`` of a Skip / Skip Reg core, else ``None``."""
+        if not self.skip_weight:
+            return None
+        return self.skip_weight * self.core.skip_loss()
+
+    def backward_vjps(self) -> float:
+        """VJPs of the last backward pass as pydeq's ``Solution.backward.nfe`` records them (NaN for peers)."""
+        sol = getattr(self.core, "last_solution", None)
+        return float(sol.backward.nfe) if sol is not None else float("nan")
+
+
+def build(backbone: Backbone, make_core: Callable[[Backbone], nn.Module], *, skip_weight: float = 0.0) -> Net:
+    """A :class:`Net` on a deep copy of ``backbone`` (same initial weights for every method)."""
+    parts = copy.deepcopy(backbone)
+    return Net(parts, make_core(parts), skip_weight=skip_weight)

@@ -1,0 +1,98 @@
+"""The continuous-DEQ claims (Pal et al. 2022) on tiny synthetic data: structure of the results, not timings."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from pydeq.bench import BenchContext, ClaimResult, SkipClaim
+from pydeq.bench.claims import continuous
+from pydeq.bench.claims._models import conv_backbone, mlp_backbone
+
+SERIES = {"time_per_epoch", "nfe_per_epoch", "nfe_backward_per_epoch", "accuracy", "loss", "backward_time"}
+METHODS = {"cdeq", "skip-cdeq", "skipreg-cdeq", "node", "broyden", "newton-krylov", "node-backsolve", "torchdiffeq",
+           "torchdiffeq-adjoint", "torchdeq-broyden"}
+PAPER_FIGURES = {"2–4×", "4.7–6.2×", "1.11–3.19×", "2.8–5.9×", "within about a point"}
+
+
+def _ctx(monkeypatch: pytest.MonkeyPatch, n: int = 12) -> BenchContext:
+    """A quick-suite context whose data are ``n`` random images per split (never touches the cache)."""
+    ctx = BenchContext(suite="quick", progress=False, fetch=False)
+
+    def data(name: str, split: str = "train", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(len(name) + len(split))
+        shape = (1, 28, 28) if name == "mnist" else (3, 32, 32)
+        return torch.rand(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+    monkeypatch.setattr(ctx, "data", data)
+    return ctx
+
+
+def _check(result: ClaimResult, methods: set[str] = METHODS) -> None:
+    assert isinstance(result, ClaimResult)
+    assert set(result.setup["methods"]) == methods
+    assert SERIES <= set(result.series)
+    for kind, by_method in result.series.items():
+        assert set(by_method) == methods, kind
+    assert all(len(v) == result.setup["epochs"] for v in result.series["accuracy"].values())
+    assert all(0.0 <= a <= 1.0 for v in result.series["accuracy"].values() for a in v)
+    judged = [r for r in result.rows if r.held is not None]
+    assert {r.paper_figure for r in judged} == PAPER_FIGURES
+    assert all(r.ratio is not None and r.measured_figure and r.why for r in result.rows)
+    assert all(r.held is None for r in result.rows if r.peer in {"torchdiffeq", "torchdiffeq-adjoint",
+                                                                 "torchdeq-broyden"})
+    pairs = {("cdeq", "node"), ("skip-cdeq", "cdeq"), ("skipreg-cdeq", "cdeq"), ("broyden", "cdeq"),
+             ("newton-krylov", "cdeq"), ("node", "torchdiffeq"), ("node-backsolve", "torchdiffeq-adjoint"),
+             ("broyden", "torchdeq-broyden")}
+    assert {(r.method, r.peer) for r in result.rows} == {p for p in pairs if set(p) <= methods}
+    assert result.status in {"held", "not_held", "partial"}
+    assert {"tol", "nfe_per_step", "unconverged_fraction"} <= set(result.setup)
+    for row in result.rows:
+        row.to_json()  # serialisable
+
+
+@pytest.mark.parametrize("fn", [continuous.cdeq_mlp_mnist, continuous.cdeq_conv_mnist])
+def test_mnist_claims_structure(monkeypatch: pytest.MonkeyPatch, fn) -> None:
+    _check(fn(_ctx(monkeypatch)))
+
+
+def test_multiscale_claim_structure(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pydeq.nn.multiscale")
+    quick = {"cdeq", "skip-cdeq", "skipreg-cdeq", "node", "broyden", "torchdiffeq", "torchdeq-broyden"}
+    _check(continuous.cdeq_multiscale_cifar(_ctx(monkeypatch, n=4)), quick)
+
+
+@pytest.mark.parametrize("backbone", [mlp_backbone(8), conv_backbone(4)])
+def test_methods_share_initial_weights_not_parameters(backbone) -> None:
+    nets = continuous.make_methods(backbone, tol=1e-2, skip_weight=1.0)
+    assert set(nets) == METHODS
+    ref = dict(nets["cdeq"].named_parameters())
+    for name, net in nets.items():
+        f_params = {k: v for k, v in net.named_parameters() if k.startswith(("encoder.", "head."))}
+        for k, v in f_params.items():
+            assert torch.equal(v, ref[k]), (name, k)
+            assert v is not ref[k] or name == "cdeq"
+    # f itself: the first parameter of each core's cell holds the same numbers in separate tensors
+    cells = [next(p for k, p in net.named_parameters() if k.startswith("core.")) for net in nets.values()]
+    assert all(torch.equal(c, cells[0]) for c in cells)
+    assert len({id(c) for c in cells}) == len(cells)
+
+
+def test_nfe_counts_every_call_of_f() -> None:
+    nets = continuous.make_methods(mlp_backbone(8), tol=1e-2, skip_weight=1.0)
+    x = torch.rand(5, 1, 28, 28)
+    for name in ("cdeq", "node", "torchdiffeq"):
+        net = nets[name]
+        before = net.calls
+        net(x).sum().backward()
+        assert net.calls > before + 1, name
+    sol = nets["cdeq"].core.last_solution
+    assert nets["cdeq"].backward_vjps() == sol.backward.nfe > 0
+
+
+def test_missing_peer_skips_with_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchdeq", None)
+    with pytest.raises(SkipClaim, match=r"pip install 'pydeq\[bench\]'"):
+        continuous.cdeq_mlp_mnist(_ctx(monkeypatch))
