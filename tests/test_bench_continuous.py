@@ -17,6 +17,15 @@ METHODS = {"cdeq", "skip-cdeq", "skipreg-cdeq", "node", "broyden", "newton-krylo
 PAPER_FIGURES = {"2–4×", "4.7–6.2×", "1.11–3.19×", "2.8–5.9×", "within about a point"}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny ops: one thread avoids oversubscription on a shared machine (10-100x slower otherwise)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _ctx(monkeypatch: pytest.MonkeyPatch, n: int = 12) -> BenchContext:
     """A quick-suite context whose data are ``n`` random images per split (never touches the cache)."""
     ctx = BenchContext(suite="quick", progress=False, fetch=False)
