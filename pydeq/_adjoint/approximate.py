@@ -11,11 +11,15 @@ from torch import Tensor
 from .._checks import check_fraction, check_int
 from .._solution import Solution
 from ._base import AbstractAdjoint
+from .implicit import with_value
 
 __all__ = ["JacobianFreeAdjoint", "PhantomAdjoint"]
 
 
 def _record(out: Tensor, solution: Solution, nfe: int) -> Tensor:
+    if not out.requires_grad:
+        return solution.z.detach()
+    out = with_value(out, solution.z)
     if out.requires_grad:
         stats = solution.backward
 
@@ -30,8 +34,9 @@ def _record(out: Tensor, solution: Solution, nfe: int) -> Tensor:
 class JacobianFreeAdjoint(AbstractAdjoint):
     """Jacobian-free backprop (Fung et al. 2022): replace ``(I - J_f)^{-T}`` by ``I``.
 
-    Returns ``f(z*, x)`` with ordinary autograd, so ``w = dL/dz*``: one vector-Jacobian product,
-    a descent direction when f is contractive, but biased.
+    Back-propagates through one call ``f(z*, x)`` with ordinary autograd, so ``w = dL/dz*``: one
+    vector-Jacobian product, a descent direction when f is contractive, but biased. The value returned is
+    ``z*`` itself.
     """
 
     def attach(self, fn: Callable[[Tensor], Tensor], solution: Solution) -> Tensor:
@@ -47,7 +52,7 @@ class PhantomAdjoint(AbstractAdjoint):
 
     ``z_{k+1} = (1 - damping) z_k + damping f(z_k)``, starting at the detached ``z*``; the gradient
     approaches the exact implicit one as ``steps`` grows (for contractive f). ``steps=1, damping=1`` is
-    :class:`JacobianFreeAdjoint`.
+    :class:`JacobianFreeAdjoint`. The value returned is ``z*``; only the gradient goes through the steps.
 
     Args:
         steps: iterations differentiated (each costs one f call forward and one VJP backward).

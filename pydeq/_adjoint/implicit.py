@@ -13,7 +13,7 @@ from .._linear._base import AbstractLinearSolver
 from .._solution import Solution
 from ._base import AbstractAdjoint, vjp_operator
 
-__all__ = ["ImplicitAdjoint", "attach_hook"]
+__all__ = ["ImplicitAdjoint", "attach_hook", "with_value"]
 
 
 def attach_hook(fn: Callable[[Tensor], Tensor], solution: Solution,
@@ -28,7 +28,7 @@ def attach_hook(fn: Callable[[Tensor], Tensor], solution: Solution,
         z_out = fn(z_in)
     solution.nfe += 1
     if not z_out.requires_grad:
-        return z_out
+        return solution.z.detach()
     counter = [0]
     K = vjp_operator(z_in, z_out, counter)
     stats = solution.backward
@@ -41,9 +41,18 @@ def attach_hook(fn: Callable[[Tensor], Tensor], solution: Solution,
         stats.nfe, stats.residual, stats.ran = counter[0] + 1, residual, True
         return w.to(g.dtype)
 
-    out = z_out.view_as(z_out)  # hook on an alias: K's own autograd.grad calls start below it, not re-entering it
+    out = with_value(z_out, solution.z)  # hook on a new node: K's autograd.grad calls start below it
     out.register_hook(hook)
     return out
+
+
+def with_value(graph: Tensor, value: Tensor) -> Tensor:
+    """A tensor equal to ``value`` whose gradient flows into ``graph``.
+
+    The answer returned is the solver's ``z*`` itself (the iterate its residual and status describe) rather
+    than ``f(z*)``, which is farther from the fixed point whenever f expands; gradients are unchanged.
+    """
+    return graph + (value.detach() - graph).detach()
 
 
 @dataclass(frozen=True, kw_only=True)
