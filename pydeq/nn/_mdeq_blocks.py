@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BranchLayout", "VariationalDropout2d", "ResidualBlock", "Fusion", "MultiScaleMap", "Stem",
+from .dropout import VariationalDropout, reset_dropout
+
+__all__ = ["BranchLayout", "ResidualBlock", "Fusion", "MultiScaleMap", "Stem",
            "BranchPredictor"]
 
 
@@ -79,31 +81,6 @@ class BranchLayout:
         return tuple(p.reshape(z.shape[0], *s) for p, s in zip(parts, self.shapes, strict=True))
 
 
-class VariationalDropout2d(nn.Module):
-    """Dropout whose mask stays fixed until :meth:`reset`, so ``f`` is one map throughout a solve.
-
-    A fresh mask at every call would make ``f`` random and leave no fixed point to find.
-    """
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout must be in [0, 1); got {p!r}.")
-        self.p = p
-        self.mask: Tensor | None = None
-
-    def reset(self) -> None:
-        """Forget the mask; the next call in training mode draws a new one."""
-        self.mask = None
-
-    def forward(self, v: Tensor) -> Tensor:
-        if not self.training or self.p == 0:
-            return v
-        if self.mask is None or self.mask.shape != v.shape:
-            self.mask = torch.bernoulli(torch.full_like(v, 1 - self.p)) / (1 - self.p)
-        return v * self.mask
-
-
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)  # GroupNorm follows: no bias
 
@@ -115,7 +92,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv1, self.conv2 = _conv3x3(channels, channels), _conv3x3(channels, channels)
         self.norm1, self.norm2, self.norm3 = (nn.GroupNorm(groups, channels) for _ in range(3))
-        self.dropout = VariationalDropout2d(dropout)
+        self.dropout = VariationalDropout(dropout)
 
     def forward(self, z: Tensor, injection: Tensor | None = None) -> Tensor:
         out = self.dropout(self.conv2(torch.relu(self.norm1(self.conv1(z)))))
@@ -180,9 +157,7 @@ class MultiScaleMap(nn.Module):
 
     def reset_dropout(self) -> None:
         """Draw new dropout masks at the next call (the layers call this once per forward pass)."""
-        for m in self.modules():
-            if isinstance(m, VariationalDropout2d):
-                m.reset()
+        reset_dropout(self)
 
     def forward(self, z: Tensor, x: Tensor) -> Tensor:
         branches = self.layout.unpack(z)

@@ -78,14 +78,19 @@ class _MultiScale(nn.Module):
                              f"image_size={self.image_size}; the branch shapes depend on it.")
         return self.stem(images)
 
-    def forward(self, images: Tensor, *, return_solution: bool = False) -> tuple[Tensor, ...] | tuple[Any, ...]:
+    def forward(self, images: Tensor, z0: Tensor | Sequence[Tensor] | None = None, *,
+                return_solution: bool = False) -> tuple[Tensor, ...] | tuple[Any, ...]:
         """``images: (batch, in_channels, H, W)`` -> the branches ``(batch, C_i, H / 2**i, W / 2**i)``.
 
-        With ``return_solution=True`` returns ``(branches, solution)``; ``solution.z`` is the packed state.
+        ``z0`` optionally overrides the initial state (a warm start): the packed ``(batch, layout.numel)``
+        state or one tensor per branch. With ``return_solution=True`` returns ``(branches, solution)``;
+        ``solution.z`` is the packed state.
         """
         x = self.inject(images)
+        if z0 is not None and not isinstance(z0, Tensor):
+            z0 = self.layout.pack(z0)
         self.f.reset_dropout()  # one dropout mask per forward pass: f stays one map during the solve
-        z, solution = self._layer(x, return_solution=True)
+        z, solution = self._layer(x, z0, return_solution=True)
         branches = self.layout.unpack(z)
         return (branches, solution) if return_solution else branches
 
