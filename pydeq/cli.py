@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", type=Path, default=None, help="data cache folder (default: $PYDEQ_DATA or "
                                                                "~/.cache/pydeq)")
     bench.add_argument("--only", nargs="+", metavar="CLAIM", default=None, help="run only these claims")
-    bench.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    bench.add_argument("--threads", type=_positive_int, default=None,
+                       help="torch CPU threads (default: 1 on cpu, since intra-op threads slow the "
+                       "benchmarks' tiny kernels up to 100x on a 2-core machine; torch's default on cuda)")
     bench.add_argument("--no-fetch", action="store_true", help="skip claims whose data is missing instead of "
                                                                "fetching it")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -165,8 +167,9 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
     import torch
 
     threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    wanted = args.threads if args.threads is not None else (1 if args.device == "cpu" else None)
+    if wanted is not None:
+        torch.set_num_threads(wanted)
     try:
         results = run_suite(args.suite, out_dir=out, only=args.only, seed=args.seed, device=device,
                             backend=args.backend, repeats=args.repeats, data_dir=args.data,

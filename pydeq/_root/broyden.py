@@ -77,7 +77,8 @@ class Broyden(AbstractRootFinder):
 
     def step(self, fn: Callable[[Tensor], Tensor], state: _State, active: Tensor) -> _State:
         batch, shape = state.z.shape[0], state.z.shape
-        H = state.factors
+        used = min(state.k, self.history)  # columns past `used` are still zero: skip them
+        H = BroydenFactors(U=state.factors.U[..., :used], V=state.factors.V[..., :used])
         g = (state.fz - state.z).reshape(batch, -1)
         direction = -H.apply(g).reshape(shape)
         if self.line_search:
@@ -95,7 +96,7 @@ class Broyden(AbstractRootFinder):
         u = torch.where(ok[:, None], (s - Hy) / safe[:, None], torch.zeros_like(s))
         v = torch.where(ok[:, None], sH, torch.zeros_like(s))
         slot = state.k % self.history
-        U, V = _put(H.U, slot, u), _put(H.V, slot, v)
+        U, V = _put(state.factors.U, slot, u), _put(state.factors.V, slot, v)
         return _State(z=z, fz=fz, factors=BroydenFactors(U=U, V=V), k=state.k + 1)
 
     def postprocess(self, state: _State) -> dict:
