@@ -87,7 +87,8 @@ def plot_overview(claims: list[dict[str, Any]], out_dir: Path) -> str | None:
         return None
     fig = _figure(7.0, 1.6 + 0.4 * len(rows))
     ax = fig.subplots()
-    labels = [f"{name}: {r['method']} vs {r['peer']}" if r["peer"] else f"{name}: {r['method']}" for name, r in rows]
+    labels = [(f"{name}: {r['method']} vs {r['peer']}" if r["peer"] else f"{name}: {r['method']}")
+              + (f" ({r['quantity'][:32]})" if r.get("quantity") else "") for name, r in rows]
     ys = list(range(len(rows)))[::-1]
     ax.barh(ys, [r["ratio"] for _, r in rows], height=0.6, color=[_HELD_COLOURS[r["held"]] for _, r in rows],
             alpha=0.85)

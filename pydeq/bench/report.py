@@ -99,10 +99,10 @@ def render_markdown(results: dict[str, Any], overview: str | None = None) -> str
         out += [f"![Claims at a glance]({overview})", ""]
     if claims:
         out += ["## Summary", ""]
-        out += _table(["Claim", "Comparison", "Paper's figure", "Measured", "Held"],
-                      [[c["name"], _comparison(r), r["paper_figure"], r["measured_figure"], _held(r)]
+        out += _table(["Claim", "Comparison", "Quantity", "Paper's figure", "Measured", "Held"],
+                      [[c["name"], _comparison(r), r["quantity"], r["paper_figure"], r["measured_figure"], _held(r)]
                        for c in claims for r in c["rows"]]
-                      + [[c["name"], "", "", "", _BADGES[c["status"]]] for c in claims if not c["rows"]]) + [""]
+                      + [[c["name"], "", "", "", "", _BADGES[c["status"]]] for c in claims if not c["rows"]]) + [""]
     else:
         out += ["No claims ran.", ""]
     out += ["## Machine", ""]
@@ -124,14 +124,14 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
 
 def summary_table(results: dict[str, Any]) -> str:
     """A plain-text table of every row (claim, comparison, paper, measured, held) for the terminal."""
-    lines = [["claim", "comparison", "paper", "measured", "held"]]
+    lines = [["claim", "comparison", "quantity", "paper", "measured", "held"]]
     for c in results["claims"]:
         for r in c["rows"]:
-            lines.append([c["name"], _comparison(r), r["paper_figure"], r["measured_figure"],
+            lines.append([c["name"], _comparison(r), r["quantity"][:40], r["paper_figure"], r["measured_figure"],
                           {True: "held", False: "NOT held", None: "-"}[r["held"]]])
         if not c["rows"]:
-            lines.append([c["name"], "", "", "", c["status"].replace("_", " ")])
-    widths = [max(len(row[i]) for row in lines) for i in range(5)]
+            lines.append([c["name"], "", "", "", "", c["status"].replace("_", " ")])
+    widths = [max(len(row[i]) for row in lines) for i in range(6)]
     text = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
     counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in results["counts"].items() if n)
