@@ -24,7 +24,15 @@ from torch import Tensor
 
 from .._solution import Solution, Status
 
-__all__ = ["AbstractRootFinder", "solve", "CountedFn", "batch_norm", "freeze"]
+__all__ = ["AbstractRootFinder", "solve", "CountedFn", "IterateState", "batch_norm", "freeze"]
+
+
+@dataclasses.dataclass
+class IterateState:
+    """The minimal solver state: the iterate ``z`` and ``fz = f(z)`` (solvers with no memory use it as is)."""
+
+    z: Tensor
+    fz: Tensor
 
 
 def batch_norm(v: Tensor) -> Tensor:

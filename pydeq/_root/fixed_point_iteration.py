@@ -8,15 +8,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .._checks import check_fraction, check_tolerances
-from ._base import AbstractRootFinder
+from ._base import AbstractRootFinder, IterateState
 
 __all__ = ["FixedPointIteration"]
-
-
-@dataclass
-class _State:
-    z: Tensor
-    fz: Tensor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,9 +32,9 @@ class FixedPointIteration(AbstractRootFinder):
         check_tolerances(self)
         check_fraction("FixedPointIteration.damping", self.damping)
 
-    def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> _State:
-        return _State(z=z0, fz=fn(z0))
+    def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> IterateState:
+        return IterateState(z=z0, fz=fn(z0))
 
-    def step(self, fn: Callable[[Tensor], Tensor], state: _State, active: Tensor) -> _State:
+    def step(self, fn: Callable[[Tensor], Tensor], state: IterateState, active: Tensor) -> IterateState:
         z = state.fz if self.damping == 1.0 else state.z + self.damping * (state.fz - state.z)
-        return _State(z=z, fz=fn(z))
+        return IterateState(z=z, fz=fn(z))

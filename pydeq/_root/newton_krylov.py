@@ -11,16 +11,10 @@ from torch import Tensor
 from .._checks import check_tolerances
 from .._linear import GMRES
 from .._linear._base import AbstractLinearSolver
-from ._base import AbstractRootFinder
+from ._base import AbstractRootFinder, IterateState
 from ._line_search import backtrack
 
 __all__ = ["NewtonKrylov"]
-
-
-@dataclass
-class _State:
-    z: Tensor
-    fz: Tensor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,10 +46,10 @@ class NewtonKrylov(AbstractRootFinder):
                 f"got {type(self.linear_solver).__name__}."
             )
 
-    def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> _State:
-        return _State(z=z0, fz=fn(z0))
+    def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> IterateState:
+        return IterateState(z=z0, fz=fn(z0))
 
-    def step(self, fn: Callable[[Tensor], Tensor], state: _State, active: Tensor) -> _State:
+    def step(self, fn: Callable[[Tensor], Tensor], state: IterateState, active: Tensor) -> IterateState:
         z = state.z
 
         def jvp(v: Tensor) -> Tensor:
@@ -68,4 +62,4 @@ class NewtonKrylov(AbstractRootFinder):
         else:
             zn = z + dz
             fzn = fn(zn)
-        return _State(z=zn, fz=fzn)
+        return IterateState(z=zn, fz=fzn)
