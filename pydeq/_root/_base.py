@@ -105,8 +105,7 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
     status = torch.full((batch,), int(Status.MAX_STEPS), dtype=torch.int64, device=device)
     finite = torch.isfinite(res)
     done = finite & (res <= solver.tolerance(state))
-    status = torch.where(done, int(Status.SUCCESS), status)
-    status = torch.where(~finite, int(Status.NONFINITE), status)
+    status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(~finite, int(Status.NONFINITE))
     active = finite & ~done
     best_z, best_res = state.z, torch.where(finite, res, torch.inf)
     steps = torch.zeros(batch, dtype=torch.int64, device=device)
@@ -123,8 +122,7 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
         best_z = freeze(better, state.z, best_z)
         best_res = torch.where(better, res, best_res)
         done = active & finite & (res <= solver.tolerance(state))
-        status = torch.where(done, int(Status.SUCCESS), status)
-        status = torch.where(active & ~finite, int(Status.NONFINITE), status)
+        status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(active & ~finite, int(Status.NONFINITE))
         active = active & finite & ~done
         if trace:
             history.append(res.detach().clone())

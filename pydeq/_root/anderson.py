@@ -18,7 +18,7 @@ __all__ = ["Anderson"]
 class _State:
     z: Tensor
     fz: Tensor
-    X: Tensor  # (batch, m, n) past iterates
+    G: Tensor  # (batch, m, n) residuals f(z_i) - z_i of past iterates
     F: Tensor  # (batch, m, n) f of past iterates
     k: int
 
@@ -55,16 +55,15 @@ class Anderson(AbstractRootFinder):
     def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> _State:
         batch = z0.shape[0]
         fz = fn(z0)
-        X = z0.new_zeros(batch, self.history, z0[0].numel())
-        F = torch.zeros_like(X)
-        X = _put(X, 0, z0.reshape(batch, -1))
+        G = z0.new_zeros(batch, self.history, z0[0].numel())
+        F = torch.zeros_like(G)
+        G = _put(G, 0, (fz - z0).reshape(batch, -1))  # residuals kept, not iterates: no buffer-wide F - X per step
         F = _put(F, 0, fz.reshape(batch, -1))
-        return _State(z=z0, fz=fz, X=X, F=F, k=1)
+        return _State(z=z0, fz=fz, G=G, F=F, k=1)
 
     def step(self, fn: Callable[[Tensor], Tensor], state: _State, active: Tensor) -> _State:
         n = min(state.k, self.history)
-        X, F = state.X[:, :n], state.F[:, :n]
-        G = F - X
+        G, F = state.G[:, :n], state.F[:, :n]
         GG = G @ G.transpose(1, 2)  # (batch, n, n)
         scale = GG.diagonal(dim1=1, dim2=2).mean(1)
         # an all-zero history (x = 0, a sample already exact) would make the bordered system singular
@@ -81,13 +80,13 @@ class Anderson(AbstractRootFinder):
         alpha = torch.linalg.solve(H, rhs)[:, 1:, 0]  # (batch, n)
         mix = (alpha[:, None] @ F)[:, 0]
         if self.damping != 1.0:
-            mix = self.damping * mix + (1 - self.damping) * (alpha[:, None] @ X)[:, 0]
+            mix = mix - (1 - self.damping) * (alpha[:, None] @ G)[:, 0]  # sum a_i z_i = sum a_i (f_i - g_i)
         z = mix.reshape(state.z.shape)
         fz = fn(z)
         slot = state.k % self.history
-        Xn = _put(state.X, slot, z.reshape(z.shape[0], -1))
+        Gn = _put(state.G, slot, (fz - z).reshape(z.shape[0], -1))
         Fn = _put(state.F, slot, fz.reshape(z.shape[0], -1))
-        return _State(z=z, fz=fz, X=Xn, F=Fn, k=state.k + 1)
+        return _State(z=z, fz=fz, G=Gn, F=Fn, k=state.k + 1)
 
 
 def _put(buf: Tensor, slot: int, row: Tensor) -> Tensor:
