@@ -8,14 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._batched import batch_norm
 from .._checks import check_fraction, check_int, check_positive
 from ._base import AbstractLinearSolver, LinearSolution
 
 __all__ = ["Neumann"]
-
-
-def _norm(v: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,14 +41,14 @@ class Neumann(AbstractLinearSolver):
 
     def solve(self, K: Callable[[Tensor], Tensor], b: Tensor, w0: Tensor | None = None) -> LinearSolution:
         w = b.clone() if w0 is None else w0.clone()
-        tol = self.atol + self.rtol * _norm(b)
+        tol = self.atol + self.rtol * batch_norm(b)
         shape = (-1,) + (1,) * (b.dim() - 1)
         res = torch.full_like(tol, torch.inf)
         matvecs = 0
         while matvecs < self.max_steps:
             target = b + K(w)
             matvecs += 1
-            res = _norm(target - w)
+            res = batch_norm(target - w)
             active = res > tol
             if not bool(active.any()):
                 break

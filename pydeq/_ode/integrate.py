@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._root._base import freeze
+from .._batched import freeze
 from .._solution import Status
 from .solvers import AbstractODESolver
 from .tableau import ButcherTableau

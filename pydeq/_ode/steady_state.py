@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._batched import batch_norm
 from .._checks import check_tolerances
-from .._root._base import AbstractRootFinder, batch_norm
+from .._root._base import AbstractRootFinder
 from .integrate import error_ratio, initial_dt, rk_step
 from .odeint import check_ode_solver
 from .solvers import AbstractODESolver

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._batched import batch_norm, freeze
 from .._solution import Solution, Status
 
 __all__ = ["AbstractRootFinder", "solve", "CountedFn", "IterateState", "batch_norm", "freeze"]
@@ -33,17 +34,6 @@ class IterateState:
 
     z: Tensor
     fz: Tensor
-
-
-def batch_norm(v: Tensor) -> Tensor:
-    """Per-sample Euclidean norm: ``(batch, *state) -> (batch,)``."""
-    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
-
-
-def freeze(active: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    """Take ``new`` where the sample is active, ``old`` elsewhere (broadcast over state dims)."""
-    mask = active.reshape(active.shape + (1,) * (new.dim() - 1))
-    return torch.where(mask, new, old)
 
 
 class CountedFn:

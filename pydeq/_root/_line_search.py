@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from ._base import batch_norm, freeze
+from .._batched import batch_norm, freeze
 
 __all__ = ["backtrack"]
 

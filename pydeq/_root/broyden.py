@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._batched import batch_norm
 from .._checks import check_int, check_tolerances
-from ._base import AbstractRootFinder, batch_norm
+from ._base import AbstractRootFinder
 from ._line_search import backtrack
 
 __all__ = ["Broyden", "BroydenFactors"]

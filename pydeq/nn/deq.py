@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from .._adjoint import AbstractAdjoint
+from .._batched import batch_norm
 from .._checks import check_int, check_policy, check_positive
 from .._root import AbstractRootFinder
-from .._root._base import batch_norm
 from .._solution import Solution, Status
 from ..fixed_point import fixed_point
 from .jacobian import jacobian_frobenius
