@@ -12,6 +12,7 @@ SOLVERS = [
     pydeq.FixedPointIteration(**TIGHT, max_steps=800, damping=0.7),
     pydeq.Anderson(**TIGHT),
     pydeq.Anderson(**TIGHT, history=2, damping=0.8),
+    pydeq.Anderson(**TIGHT, regularisation=0.0),
     pydeq.Broyden(**TIGHT),
     pydeq.Broyden(**TIGHT, line_search=True),
     pydeq.NewtonKrylov(**TIGHT),
@@ -117,3 +118,26 @@ def test_dtypes(dtype):
     W, U, x = (t.detach().to(dtype) for t in (W, U, x))
     sol = pydeq.fixed_point(lambda z, x: torch.tanh(z @ W.T + x @ U.T), x, on_failure="raise")
     assert sol.z.dtype == dtype
+
+
+def test_anderson_gram_matrix_is_updated_incrementally():
+    """The Gram matrix kept one row and column at a time equals G G^T of the stored residuals, ring wrap included."""
+    W, U, x = linear_problem(d=10, contraction=0.9)
+    solver = pydeq.Anderson(history=3, rtol=0.0, atol=1e-30, max_steps=50)
+    fn = lambda z: torch.tanh(z @ W.T + x @ U.T)  # noqa: E731
+    active = torch.ones(x.shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        state = solver.init(fn, torch.zeros_like(x))
+        for _ in range(7):  # past two wraps of the 3-slot ring
+            torch.testing.assert_close(state.GG, state.G @ state.G.transpose(1, 2), rtol=1e-12, atol=1e-14)
+            assert torch.equal(state.G[:, (state.k - 1) % 3], state.fz - state.z)
+            state = solver.step(fn, state, active)
+
+
+def test_anderson_without_regularisation_survives_parallel_residuals():
+    """f(z) = z/2 + b from 0 gives residuals b, b/2 (parallel, singular Gram matrix); the exact answer is 2b."""
+    b = torch.randn(4, 6, dtype=torch.float64)
+    solver = pydeq.Anderson(regularisation=0.0, rtol=0.0, atol=1e-10, max_steps=20)
+    with torch.no_grad():
+        sol = pydeq.fixed_point(lambda z, b: 0.5 * z + b, b, solver=solver, on_failure="raise")
+    torch.testing.assert_close(sol.z, 2 * b, rtol=0, atol=1e-9)

@@ -93,29 +93,47 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
     state = solver.init(counted, z0)
     res = solver.residual(state)
     status = torch.full((batch,), int(Status.MAX_STEPS), dtype=torch.int64, device=device)
-    finite = torch.isfinite(res)
+    steps = torch.zeros(batch, dtype=torch.int64, device=device)
+    finite = res < torch.inf  # False for NaN and Inf alike
     done = finite & (res <= solver.tolerance(state))
     status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(~finite, int(Status.NONFINITE))
     active = finite & ~done
     best_z, best_res = state.z, torch.where(finite, res, torch.inf)
-    steps = torch.zeros(batch, dtype=torch.int64, device=device)
     history = [res.detach().clone()] if trace else None
-    for _ in range(solver.max_steps):
-        if not bool(active.any()):
+    # The loop keeps best_res <= res for every sample, so `res < best_res` is already False for frozen samples
+    # and for NaN. The (batch, *state)-sized selects run only when the masks are mixed, which two host-side
+    # counts decide (one sync each); in the common case an iteration is a dozen (batch,)-sized ops.
+    it = 0
+    for it in range(1, solver.max_steps + 1):
+        n_active = int(active.sum())
+        if n_active == 0:
+            it -= 1
             break
+        everyone = n_active == batch
         new = solver.step(counted, state, active)
-        state = dataclasses.replace(new, z=freeze(active, new.z, state.z), fz=freeze(active, new.fz, state.fz))
-        steps = steps + active.long()
-        res = torch.where(active, solver.residual(state), res)
-        finite = torch.isfinite(res)
-        better = active & finite & (res < best_res)
-        best_z = freeze(better, state.z, best_z)
-        best_res = torch.where(better, res, best_res)
-        done = active & finite & (res <= solver.tolerance(state))
-        status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(active & ~finite, int(Status.NONFINITE))
-        active = active & finite & ~done
+        if everyone:
+            state, res = new, solver.residual(new)
+        else:
+            state = dataclasses.replace(new, z=freeze(active, new.z, state.z), fz=freeze(active, new.fz, state.fz))
+            res = torch.where(active, solver.residual(state), res)
+        better = res < best_res
+        n_better = int(better.sum())
+        if n_better == batch:  # every sample improved: the iterate is the best one
+            best_z, best_res = state.z, res
+        elif n_better:
+            best_z = freeze(better, state.z, best_z)
+            best_res = torch.where(better, res, best_res)
+        done = res <= solver.tolerance(state)
+        broken = ~(res < torch.inf)
+        if not everyone:
+            done, broken = done & active, broken & active
+        status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(broken, int(Status.NONFINITE))
+        stopped = done | broken
+        steps.masked_fill_(stopped, it)
+        active = active ^ stopped
         if trace:
             history.append(res.detach().clone())
+    steps.masked_fill_(active, it)
     nonfinite = status == int(Status.NONFINITE)
     best_res = torch.where(nonfinite & torch.isinf(best_res), torch.nan, best_res)
     return Solution(z=best_z, residual=best_res.detach(), status=status, nfe=counted.calls,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +21,10 @@ class _State:
     fz: Tensor
     G: Tensor  # (batch, m, n) residuals f(z_i) - z_i of past iterates
     F: Tensor  # (batch, m, n) f of past iterates
-    k: int
+    GG: Tensor  # (batch, m, m) Gram matrix of G, updated one row and column per step
+    eye: Tensor  # (m, m) and (batch, m, 1) constants, made once per solve
+    ones: Tensor
+    k: int  # iterates stored so far; the newest sits in slot (k - 1) % m
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,43 +61,53 @@ class Anderson(AbstractRootFinder):
         fz = fn(z0)
         G = z0.new_zeros(batch, self.history, z0[0].numel())
         F = torch.zeros_like(G)
-        G = _put(G, 0, (fz - z0).reshape(batch, -1))  # residuals kept, not iterates: no buffer-wide F - X per step
-        F = _put(F, 0, fz.reshape(batch, -1))
-        return _State(z=z0, fz=fz, G=G, F=F, k=1)
+        GG = G.new_zeros(batch, self.history, self.history)
+        eye, ones = torch.eye(self.history, dtype=G.dtype, device=G.device), G.new_ones(batch, self.history, 1)
+        return self._record(_State(z=z0, fz=fz, G=G, F=F, GG=GG, eye=eye, ones=ones, k=0))
 
     def step(self, fn: Callable[[Tensor], Tensor], state: _State, active: Tensor) -> _State:
         n = min(state.k, self.history)
-        G, F = state.G[:, :n], state.F[:, :n]
-        GG = G @ G.transpose(1, 2)  # (batch, n, n)
-        scale = GG.diagonal(dim1=1, dim2=2).mean(1)
-        # an all-zero history (x = 0, a sample already exact) would make the bordered system singular
-        scale = torch.where(scale > torch.finfo(GG.dtype).tiny ** 0.5, scale, torch.ones_like(scale))
-        eye = torch.eye(n, dtype=G.dtype, device=G.device)
-        GG = GG + (self.regularisation * scale)[:, None, None] * eye
-        # bordered system [[0, 1^T], [1, GG]] [mu, a] = [1, 0]
-        H = G.new_zeros(G.shape[0], n + 1, n + 1)
-        H[:, 0, 1:] = 1
-        H[:, 1:, 0] = 1
-        H[:, 1:, 1:] = GG
-        rhs = G.new_zeros(G.shape[0], n + 1, 1)
-        rhs[:, 0] = 1
-        alpha = torch.linalg.solve(H, rhs)[:, 1:, 0]  # (batch, n)
+        G, F, GG = state.G[:, :n], state.F[:, :n], state.GG[:, :n, :n]
+        # Tikhonov term relative to the mean squared residual; the floor keeps an all-zero history
+        # (x = 0, a sample already exact) solvable
+        scale = GG.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(GG.dtype).tiny ** 0.5)
+        eye = state.eye[:n, :n]
+        # min ||G^T a||^2 + lam ||a||^2 s.t. sum a = 1  <=>  a = y / sum(y) with (GG + lam I) y = 1
+        lhs = GG + (self.regularisation * scale)[:, None, None] * eye
+        y = torch.linalg.solve_ex(lhs, state.ones[:, :n])[0][..., 0]
+        total = y.sum(1, keepdim=True)
+        alpha = y / total
+        if self.regularisation == 0:  # a singular Gram matrix (repeated residuals): take the newest iterate
+            ok = torch.isfinite(alpha).all(1, keepdim=True) & (total.abs() > torch.finfo(G.dtype).eps)
+            alpha = torch.where(ok, alpha, eye[(state.k - 1) % self.history])
         mix = (alpha[:, None] @ F)[:, 0]
         if self.damping != 1.0:
             mix = mix - (1 - self.damping) * (alpha[:, None] @ G)[:, 0]  # sum a_i z_i = sum a_i (f_i - g_i)
         z = mix.reshape(state.z.shape)
-        fz = fn(z)
-        slot = state.k % self.history
-        Gn = _put(state.G, slot, (fz - z).reshape(z.shape[0], -1))
-        Fn = _put(state.F, slot, fz.reshape(z.shape[0], -1))
-        return _State(z=z, fz=fz, G=Gn, F=Fn, k=state.k + 1)
+        return self._record(dataclasses.replace(state, z=z, fz=fn(z)))
+
+    def residual(self, state: _State) -> Tensor:
+        return torch.linalg.vector_norm(state.G[:, (state.k - 1) % self.history], dim=1)
+
+    def _record(self, state: _State) -> _State:
+        """Store ``f(z) - z`` and ``f(z)`` in the next slot and update that row and column of the Gram matrix."""
+        batch, slot = state.z.shape[0], state.k % self.history
+        g = (state.fz - state.z).reshape(batch, -1)
+        G = _put(state.G, slot, g)
+        F = _put(state.F, slot, state.fz.reshape(batch, -1))
+        row = (G * g[:, None]).sum(-1)  # (batch, m): <g_i, g_new>; stale slots are overwritten before use
+        GG = _put(_put(state.GG, slot, row), slot, row, dim=2)
+        return dataclasses.replace(state, G=G, F=F, GG=GG, k=state.k + 1)
 
 
-def _put(buf: Tensor, slot: int, row: Tensor) -> Tensor:
-    """Out-of-place write of one history slot (keeps the unrolled adjoint's graph intact)."""
+def _put(buf: Tensor, slot: int, row: Tensor, dim: int = 1) -> Tensor:
+    """Write ``row`` into index ``slot`` of ``buf`` along ``dim`` (1 or 2).
+
+    In place when nothing needs a gradient; out of place otherwise (keeps the unrolled adjoint's graph intact).
+    """
     if not (buf.requires_grad or row.requires_grad):
-        buf[:, slot] = row
+        buf.select(dim, slot).copy_(row)
         return buf
-    mask = torch.zeros(buf.shape[1], dtype=torch.bool, device=buf.device)
+    mask = torch.zeros(buf.shape[dim], dtype=torch.bool, device=buf.device)
     mask[slot] = True
-    return torch.where(mask[None, :, None], row[:, None], buf)
+    return torch.where(mask[None, :, None] if dim == 1 else mask[None, None, :], row.unsqueeze(dim), buf)
