@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["batch_norm", "freeze"]
+__all__ = ["batch_norm", "freeze", "combine", "project"]
 
 
 def batch_norm(v: Tensor) -> Tensor:
@@ -17,3 +17,18 @@ def freeze(active: Tensor, new: Tensor, old: Tensor) -> Tensor:
     """Take ``new`` where the sample is active, ``old`` elsewhere (broadcast over state dims)."""
     mask = active.reshape(active.shape + (1,) * (new.dim() - 1))
     return torch.where(mask, new, old)
+
+
+def combine(weights: Tensor, rows: Tensor) -> Tensor:
+    """``sum_i weights[:, i] * rows[:, i]``: ``(batch, k), (batch, k, n) -> (batch, n)``."""
+    if weights.shape[1] < 4:  # CPU bmm with an inner dimension below 4 takes a slow path (measured 4-10x)
+        return (weights[..., None] * rows).sum(1)
+    return (weights[:, None] @ rows)[:, 0]
+
+
+def project(v: Tensor, rows: Tensor) -> Tensor:
+    """``<rows[:, i], v>`` per sample: ``(batch, n), (batch, k, n) -> (batch, k)``.
+
+    A row vector on the left: CPU bmm with a single *column* on the right is a slow per-sample GEMV loop.
+    """
+    return (v[:, None] @ rows.mT)[:, 0]

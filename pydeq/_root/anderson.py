@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._batched import combine, project
 from .._checks import check_fraction, check_int, check_positive, check_tolerances
 from ._base import AbstractRootFinder
 
@@ -59,8 +60,9 @@ class Anderson(AbstractRootFinder):
     def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> _State:
         batch = z0.shape[0]
         fz = fn(z0)
-        G = z0.new_zeros(batch, self.history, z0[0].numel())
-        F = torch.zeros_like(G)
+        # slots are written before they are read: no zero fill (a fresh buffer's first touch is page faults)
+        G = z0.new_empty(batch, self.history, z0[0].numel())
+        F = torch.empty_like(G)
         GG = G.new_zeros(batch, self.history, self.history)
         eye, ones = torch.eye(self.history, dtype=G.dtype, device=G.device), G.new_ones(batch, self.history, 1)
         return self._record(_State(z=z0, fz=fz, G=G, F=F, GG=GG, eye=eye, ones=ones, k=0))
@@ -80,9 +82,9 @@ class Anderson(AbstractRootFinder):
         if self.regularisation == 0:  # a singular Gram matrix (repeated residuals): take the newest iterate
             ok = torch.isfinite(alpha).all(1, keepdim=True) & (total.abs() > torch.finfo(G.dtype).eps)
             alpha = torch.where(ok, alpha, eye[(state.k - 1) % self.history])
-        mix = (alpha[:, None] @ F)[:, 0]
+        mix = combine(alpha, F)
         if self.damping != 1.0:
-            mix = mix - (1 - self.damping) * (alpha[:, None] @ G)[:, 0]  # sum a_i z_i = sum a_i (f_i - g_i)
+            mix = mix - (1 - self.damping) * combine(alpha, G)  # sum a_i z_i = sum a_i (f_i - g_i)
         z = mix.reshape(state.z.shape)
         return self._record(dataclasses.replace(state, z=z, fz=fn(z)))
 
@@ -91,23 +93,24 @@ class Anderson(AbstractRootFinder):
 
     def _record(self, state: _State) -> _State:
         """Store ``f(z) - z`` and ``f(z)`` in the next slot and update that row and column of the Gram matrix."""
-        batch, slot = state.z.shape[0], state.k % self.history
+        batch, slot, written = state.z.shape[0], state.k % self.history, min(state.k + 1, self.history)
         g = (state.fz - state.z).reshape(batch, -1)
         G = _put(state.G, slot, g)
         F = _put(state.F, slot, state.fz.reshape(batch, -1))
-        row = (G * g[:, None]).sum(-1)  # (batch, m): <g_i, g_new>; stale slots are overwritten before use
+        row = project(g, G[:, :written])  # <g_i, g_new> over the written slots only
         GG = _put(_put(state.GG, slot, row), slot, row, dim=2)
         return dataclasses.replace(state, G=G, F=F, GG=GG, k=state.k + 1)
 
 
 def _put(buf: Tensor, slot: int, row: Tensor, dim: int = 1) -> Tensor:
-    """Write ``row`` into index ``slot`` of ``buf`` along ``dim`` (1 or 2).
+    """Write ``row`` into index ``slot`` of ``buf`` along ``dim`` (1 or 2); a short ``row`` fills the leading part.
 
     In place when nothing needs a gradient; out of place otherwise (keeps the unrolled adjoint's graph intact).
     """
     if not (buf.requires_grad or row.requires_grad):
-        buf.select(dim, slot).copy_(row)
+        buf.select(dim, slot)[:, : row.shape[1]].copy_(row)
         return buf
+    row = torch.nn.functional.pad(row, (0, buf.shape[3 - dim] - row.shape[1]))  # unread positions get zeros
     mask = torch.zeros(buf.shape[dim], dtype=torch.bool, device=buf.device)
     mask[slot] = True
     return torch.where(mask[None, :, None] if dim == 1 else mask[None, None, :], row.unsqueeze(dim), buf)
