@@ -36,7 +36,8 @@ class GMRES(AbstractLinearSolver):
     Args:
         rtol, atol: per-sample stopping tolerance on the residual norm.
         restart: Krylov subspace size before a restart.
-        max_steps: total matvecs allowed.
+        max_steps: total matvecs allowed, counting the one per cycle that checks ``b - A w`` (the residual
+            reported is that true residual, not the Givens estimate, except when the budget ran out mid-cycle).
     """
 
     rtol: float = 1e-6
@@ -69,13 +70,15 @@ class GMRES(AbstractLinearSolver):
             active = res > tol
             if not bool(active.any()):
                 break
-            dw, used, est = self._cycle(Kf, r, res, tol, self.max_steps - matvecs)
+            # one matvec is kept back for the true residual after the cycle (unless that leaves none to cycle)
+            dw, used, est = self._cycle(Kf, r, res, tol, max(self.max_steps - matvecs - 1, 1))
             matvecs += used
             w = w + torch.where(active[:, None], dw, torch.zeros_like(dw))
-            if matvecs >= self.max_steps or bool((est <= tol).all()):
-                # the Givens estimate is the true residual in exact arithmetic; skip the extra matvec
+            if matvecs >= self.max_steps:  # no matvec left to check with: report the Givens estimate
                 res = torch.where(active, est, res)
                 break
+            # the Givens estimate equals the true residual only in exact arithmetic; with an ill-conditioned
+            # system it can claim convergence that the iterate does not have, so the stop is decided on b - A w
             r = bf - A(w)
             matvecs += 1
             res = _flat_norm(r)
