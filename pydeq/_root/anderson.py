@@ -94,9 +94,14 @@ class Anderson(AbstractRootFinder):
     def _record(self, state: _State) -> _State:
         """Store ``f(z) - z`` and ``f(z)`` in the next slot and update that row and column of the Gram matrix."""
         batch, slot, written = state.z.shape[0], state.k % self.history, min(state.k + 1, self.history)
-        g = (state.fz - state.z).reshape(batch, -1)
-        G = _put(state.G, slot, g)
-        F = _put(state.F, slot, state.fz.reshape(batch, -1))
+        fz, z = state.fz.reshape(batch, -1), state.z.reshape(batch, -1)
+        if state.G.requires_grad or fz.requires_grad or z.requires_grad:
+            g = fz - z
+            G = _put(state.G, slot, g)
+        else:  # the residual is formed in its slot directly: one pass over the state instead of two
+            G = state.G
+            g = torch.sub(fz, z, out=G[:, slot])
+        F = _put(state.F, slot, fz)
         row = project(g, G[:, :written])  # <g_i, g_new> over the written slots only
         GG = _put(_put(state.GG, slot, row), slot, row, dim=2)
         return dataclasses.replace(state, G=G, F=F, GG=GG, k=state.k + 1)
