@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,8 +31,8 @@ class GMRES(AbstractLinearSolver):
     ``||b - A w|| <= atol + rtol * ||b||``. Each inner iteration costs one call of ``K`` on the whole batch.
     The basis is orthogonalised by classical Gram-Schmidt with selective reorthogonalisation (a second pass
     only when the DGKS test sees cancellation: as stable as modified Gram-Schmidt, in two batched products
-    instead of one per basis vector), and the small least-squares problem is updated by Givens rotations,
-    so the residual estimate costs O(iteration) scalar work per step.
+    instead of one per basis vector), and the small least-squares problem is updated by Givens rotations on
+    the host in float64, so the residual estimate costs O(iteration) scalar work per step.
 
     Args:
         rtol, atol: per-sample stopping tolerance on the residual norm.
@@ -92,15 +93,22 @@ class GMRES(AbstractLinearSolver):
         ``A v_j = V (e_j - h) + hn (-u)``, so the basis takes ``-u`` and A's Hessenberg column is ``e_j - h``
         over ``hn``. Orthogonalising ``K v_j`` rather than ``A v_j`` avoids the cancellation of the large
         ``v_j`` component that would otherwise trigger a second Gram-Schmidt pass at every step.
+
+        The basis stays on the tensors' device; the small Hessenberg least-squares problem (Givens rotations,
+        the triangular solve) runs on the host in float64, vectorised over the batch. Each step moves one
+        ``(batch, j + 2)`` block there, which is also the step's one synchronisation: two dozen
+        tensor ops of a few microseconds each on ``(batch, j)``-sized data cost more than the matvec here.
         """
         batch, n = r.shape
         m = min(self.restart, budget)
         tiny = torch.finfo(r.dtype).tiny ** 0.5
         V = r.new_empty(batch, m + 1, n)  # basis vectors as rows, each written before it is read
         V[:, 0] = r / beta.clamp_min(tiny)[:, None]
-        R = r.new_zeros(batch, m, m)  # upper-triangular factor of the Hessenberg matrix
-        Qt = torch.eye(m + 1, dtype=r.dtype, device=r.device).repeat(batch, 1, 1)  # product of Givens rotations
-        bound = tol / beta  # stop once |Qt[j+1, 0]| <= tol / beta (inf where beta = 0: nothing to solve)
+        beta_h, tol_h = _host(beta), _host(tol)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bound = tol_h / beta_h  # stop once |Qt[j+1, 0]| <= tol / beta (inf where beta = 0: nothing to solve)
+        R = np.zeros((batch, m, m))  # upper-triangular factor of the Hessenberg matrix
+        Qt = np.tile(np.eye(m + 1), (batch, 1, 1))  # product of the Givens rotations so far
         k = 0
         for j in range(m):
             v = K(V[:, j])
@@ -109,35 +117,54 @@ class GMRES(AbstractLinearSolver):
             h = project(v, Vj)
             v = v - combine(h, Vj)
             hn = _flat_norm(v)
+            host = _host(torch.cat([h, hn[:, None], before[:, None]], 1))
+            col, hn_h = host[:, : j + 1], host[:, j + 1]
             # classical Gram-Schmidt once, and again only where cancellation lost digits (the DGKS criterion
             # ||v_after|| < ||v_before|| / sqrt(2), Daniel et al. 1976): "twice is enough", usually once is
-            if bool((hn < _DGKS * before).any()):
+            if (hn_h < _DGKS * host[:, j + 2]).any():
                 h2 = project(v, Vj)
                 v = v - combine(h2, Vj)
-                h = h + h2
                 hn = _flat_norm(v)
+                host = _host(torch.cat([h2, hn[:, None]], 1))
+                col, hn_h = col + host[:, : j + 1], host[:, j + 1]
             # hn below `tiny` is a lucky breakdown: the rotation below makes the estimate 0 and the cycle stops
             # before this (then meaningless) basis vector is used
-            V[:, j + 1] = v / -hn.clamp_min(tiny)[:, None]
-            h = -h
-            h[:, j] += 1  # A's column: e_j - h
-            # rotate the new Hessenberg column by all previous rotations at once (one small product)
-            col = (Qt[:, : j + 1, : j + 1] * h[:, None]).sum(-1)
-            rho = torch.hypot(col[:, j], hn).clamp_min(tiny)
-            c, s = col[:, j] / rho, hn / rho
+            torch.div(v, -hn.clamp_min(tiny)[:, None], out=V[:, j + 1])
+            col = -col
+            col[:, j] += 1  # A's column: e_j - h
+            # rotate the new Hessenberg column by the previous rotations, then annihilate hn with a new one
+            col = (Qt[:, : j + 1, : j + 1] @ col[..., None])[..., 0]
+            rho = np.maximum(np.hypot(col[:, j], hn_h), tiny)
+            c, s = col[:, j] / rho, hn_h / rho
             col[:, j] = rho
             R[:, : j + 1, j] = col
-            # the new rotation mixes rows j and j + 1 of Qt (row j + 1 is still e_{j+1})
-            rot = torch.stack([c, s, -s, c], 1).view(-1, 2, 2, 1)
-            rows = Qt[:, j : j + 2, : j + 2]
-            rows.copy_((rot * rows[:, None]).sum(2))
+            top, bottom = Qt[:, j, : j + 2].copy(), Qt[:, j + 1, : j + 2].copy()
+            Qt[:, j, : j + 2] = c[:, None] * top + s[:, None] * bottom
+            Qt[:, j + 1, : j + 2] = c[:, None] * bottom - s[:, None] * top
             k = j + 1
-            if bool((Qt[:, j + 1, 0].abs() <= bound).all()):
+            if (np.abs(Qt[:, j + 1, 0]) <= bound).all():
                 break
-        g = beta[:, None] * Qt[:, : k + 1, 0]
-        Rk = R[:, :k, :k]
-        diag = Rk.diagonal(dim1=1, dim2=2)
-        # a zero pivot means the Krylov space was exhausted for that sample (already converged)
-        Rk = Rk + torch.diag_embed(torch.where(diag.abs() > tiny, 0.0, 1.0))
-        y = torch.linalg.solve_triangular(Rk, g[:, :k, None], upper=True)[..., 0]
-        return combine(y, V[:, :k]), k, g[:, k].abs()
+        g = beta_h[:, None] * Qt[:, : k + 1, 0]
+        y = _back_substitute(R[:, :k, :k], g[:, :k], tiny)
+        return combine(_device(y, r), V[:, :k]), k, _device(np.abs(g[:, k]), r)
+
+
+def _back_substitute(R: np.ndarray, g: np.ndarray, tiny: float) -> np.ndarray:
+    """Solve ``R y = g`` for upper-triangular ``R: (batch, k, k)``; a zero pivot (the Krylov space was exhausted:
+    the sample is solved already) gives a zero component."""
+    k = R.shape[1]
+    y = np.zeros_like(g)
+    for i in range(k - 1, -1, -1):
+        pivot = R[:, i, i]
+        ok = np.abs(pivot) > tiny
+        y[:, i] = np.where(ok, (g[:, i] - (R[:, i, i + 1:] * y[:, i + 1:]).sum(1)) / np.where(ok, pivot, 1.0), 0.0)
+    return y
+
+
+def _host(t: Tensor) -> np.ndarray:
+    """A float64 host copy (one device synchronisation)."""
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def _device(a: np.ndarray, like: Tensor) -> Tensor:
+    return torch.from_numpy(a).to(like.device, like.dtype)

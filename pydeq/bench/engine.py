@@ -29,6 +29,7 @@ from pydeq.bench.claim import BenchContext, ClaimResult, Row, SkipClaim, claim
 __all__ = ["engine_vs_torchdeq"]
 
 FWD_RTOL, BWD_RTOL, MAX_STEPS, BWD_STEPS = 1e-4, 1e-5, 60, 40
+OVERHEAD_SIZES = (512, 1024)
 
 
 class _TanhMLP(torch.nn.Module):
@@ -66,7 +67,7 @@ def _reference_grad(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor) -> torch.
 
 
 def _pydeq_step(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor, rtol: float = FWD_RTOL,
-                linear: str = "gmres") -> dict[str, Any]:
+                linear: str = "gmres", backward: bool = True) -> dict[str, Any]:
     import pydeq
 
     solver = pydeq.Anderson(history=6, regularisation=1e-4, rtol=rtol, atol=0.0, max_steps=MAX_STEPS)
@@ -79,6 +80,8 @@ def _pydeq_step(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor, rtol: float =
     sol = pydeq.fixed_point(lambda z, inj: model.cell(z, inj), inj, solver=solver, adjoint=adjoint,
                             on_failure="return")
     t1 = time.perf_counter()
+    if not backward:
+        return {"fwd": t1 - t0, "nfe_f": sol.nfe}
     (sol.z * c).sum().backward()
     t2 = time.perf_counter()
     rel = (sol.residual / torch.linalg.vector_norm(sol.z.detach(), dim=1)).max()
@@ -86,7 +89,8 @@ def _pydeq_step(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor, rtol: float =
             "grad": model.W.grad.detach().clone()}
 
 
-def _torchdeq_step(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor, b_solver: str) -> dict[str, Any]:
+def _torchdeq_step(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor, b_solver: str,
+                   backward: bool = True) -> dict[str, Any]:
     from torchdeq import get_deq
 
     deq = get_deq(f_solver="anderson", f_max_iter=MAX_STEPS, f_tol=FWD_RTOL, f_stop_mode="rel",
@@ -98,6 +102,8 @@ def _torchdeq_step(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor, b_solver: 
     z_out, info = deq(lambda z: model.cell(z, inj), z0)
     z = z_out[-1]
     t1 = time.perf_counter()
+    if not backward:
+        return {"fwd": t1 - t0, "nfe_f": int(info["nstep"].max())}
     (z * c).sum().backward()
     t2 = time.perf_counter()
     return {"fwd": t1 - t0, "bwd": t2 - t1, "nfe_f": int(info["nstep"].max()), "nfe_b": float("nan"),
@@ -136,6 +142,40 @@ def _summarise(runs: list[dict[str, Any]], ref: torch.Tensor, t_f: float) -> dic
             "final_rel_residual": last["residual"],
             "grad_rel_error": float((last["grad"].double() - ref).norm() / ref.norm()),
             "overhead_ratio": fwd[len(fwd) // 2] / (last["nfe_f"] * t_f)}
+
+
+def _overhead_scaling(ctx: BenchContext, repeats: int, setup: dict[str, Any]) -> list[Row]:
+    """Overhead ratio of the forward pass as f grows (state 512, 1024): the per-iteration bookkeeping is a
+    fixed cost, so the ratio falls toward 1 as one f call gets more expensive. Forward only, no gradient check."""
+    rows = []
+    for d in ctx.bar(OVERHEAD_SIZES, desc="engine: overhead vs f size"):
+        gen = torch.Generator().manual_seed(ctx.seed + d)
+        model = _TanhMLP(784, d, gen).to(ctx.device)
+        x = torch.randn(128, 784, generator=gen).to(ctx.device)
+        c = torch.randn(128, d, generator=gen).to(ctx.device)
+        t_f = _f_call_time(model, x, repeats=50)
+        # grad mode on for both (TorchDEQ 0.1.0 registers its backward hook even under no_grad, and fails)
+        methods = {"pydeq": lambda m=model, x=x, c=c: _pydeq_step(m, x, c, backward=False),
+                   "torchdeq": lambda m=model, x=x, c=c: _torchdeq_step(m, x, c, "fixed_point_iter", backward=False)}
+        runs: dict[str, list] = {k: [] for k in methods}
+        for fn in methods.values():
+            fn()
+        for _ in range(repeats):
+            for name, fn in methods.items():
+                runs[name].append(fn())
+        ratio = {k: _median([r["fwd"] for r in v]) / (v[-1]["nfe_f"] * t_f) for k, v in runs.items()}
+        setup[f"overhead_d{d}"] = {"f_call_ms": 1e3 * t_f, **{f"{k}_overhead": v for k, v in ratio.items()},
+                                   **{f"{k}_nfe": float(v[-1]["nfe_f"]) for k, v in runs.items()}}
+        rows.append(Row(method=f"pydeq d={d}", quantity="solver overhead ratio (wall / (NFE x f time))",
+                        metrics={"f_call_ms": 1e3 * t_f, "torchdeq_overhead": ratio["torchdeq"]},
+                        ratio=ratio["pydeq"], target=1.15, paper_figure="<= 1.15",
+                        measured_figure=f"{ratio['pydeq']:.2f}", held=ratio["pydeq"] <= 1.15,
+                        why=f"forward only, f call {1e3 * t_f:.2f} ms; TorchDEQ's: {ratio['torchdeq']:.2f}"))
+    return rows
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 @claim("engine", title="Native engine vs TorchDEQ 0.1.0: tanh-MLP DEQ train step, NFE, residual, gradient error",
@@ -188,6 +228,7 @@ def engine_vs_torchdeq(ctx: BenchContext) -> ClaimResult:
                         measured_figure=f"{mine['overhead_ratio']:.2f}", held=mine["overhead_ratio"] <= 1.15,
                         why=f"TorchDEQ's: {stats['torchdeq']['overhead_ratio']:.2f}"))
         setup[f"stats_d{d}"] = stats  # plain floats / None: JSON-safe
+    rows += _overhead_scaling(ctx, repeats, setup)
     return ClaimResult(rows=rows, series=series, setup=setup,
                        summary="pydeq vs TorchDEQ on the same closure, tolerances and data; see rows for NFE, "
                                "residual and gradient error.")
