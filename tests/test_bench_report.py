@@ -248,3 +248,29 @@ def test_ctrl_c_while_saving_finishes_the_write(tmp_path: Path, tiny_claims: Non
     results = run_suite("quick", only=["t-ok", "t-skip"], out_dir=tmp_path, progress=False, echo=lambda s: None)
     assert results["status"] == "interrupted"
     assert [c["name"] for c in assert_valid(tmp_path)["claims"]] == ["t-ok"]  # written whole; t-skip never ran
+
+
+def test_engine_benchmark_end_to_end_at_small_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pydeq bench engine` on shrunken sizes: every row present, gradients checked against the closed form."""
+    pytest.importorskip("torchdeq")
+    from pydeq.bench import engine
+
+    monkeypatch.setattr(engine, "BATCH", 16)
+    monkeypatch.setattr(engine, "INPUT", 24)
+    monkeypatch.setattr(engine, "SIZES", (12,))
+    monkeypatch.setattr(engine, "OVERHEAD_SIZES", (20,))
+    out = tmp_path / "engine"
+    assert cli.main(["bench", "engine", "--out", str(out), "--repeats", "1", "--no-progress", "--threads", "1"]) == 0
+    results = assert_valid(out)
+    (c,) = results["claims"]
+    methods = [r["method"] for r in c["rows"]]
+    assert methods == ["pydeq d=12", "pydeq-matched d=12", "pydeq-matched-neumann d=12", "pydeq-matched d=12",
+                       "pydeq d=12", "pydeq d=20"]
+    stats = c["setup"]["stats_d12"]
+    for name in ("pydeq", "pydeq-matched", "pydeq-matched-neumann", "torchdeq", "torchdeq-anderson-bwd"):
+        s = stats[name]
+        assert s["nfe_forward"] >= 1 and s["train_step_ms_median"] > 0
+        assert s["grad_rel_error"] < 1e-3, (name, s)  # both engines against the float64 closed form
+        assert s["final_rel_residual"] <= engine.FWD_RTOL * 1.01, (name, s)
+    assert stats["pydeq-matched"]["final_rel_residual"] <= engine.FWD_RTOL / 4 * 1.01
+    assert c["setup"]["overhead_d20"]["pydeq_overhead"] > 0

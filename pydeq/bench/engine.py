@@ -29,7 +29,7 @@ from pydeq.bench.claim import BenchContext, ClaimResult, Row, SkipClaim, claim
 __all__ = ["engine_vs_torchdeq"]
 
 FWD_RTOL, BWD_RTOL, MAX_STEPS, BWD_STEPS = 1e-4, 1e-5, 60, 40
-OVERHEAD_SIZES = (512, 1024)
+BATCH, INPUT, SIZES, OVERHEAD_SIZES = 128, 784, (128, 256), (512, 1024)  # the problem sizes
 
 
 class _TanhMLP(torch.nn.Module):
@@ -150,9 +150,9 @@ def _overhead_scaling(ctx: BenchContext, repeats: int, setup: dict[str, Any]) ->
     rows = []
     for d in ctx.bar(OVERHEAD_SIZES, desc="engine: overhead vs f size"):
         gen = torch.Generator().manual_seed(ctx.seed + d)
-        model = _TanhMLP(784, d, gen).to(ctx.device)
-        x = torch.randn(128, 784, generator=gen).to(ctx.device)
-        c = torch.randn(128, d, generator=gen).to(ctx.device)
+        model = _TanhMLP(INPUT, d, gen).to(ctx.device)
+        x = torch.randn(BATCH, INPUT, generator=gen).to(ctx.device)
+        c = torch.randn(BATCH, d, generator=gen).to(ctx.device)
         t_f = _f_call_time(model, x, repeats=50)
         # grad mode on for both (TorchDEQ 0.1.0 registers its backward hook even under no_grad, and fails)
         methods = {"pydeq": lambda m=model, x=x, c=c: _pydeq_step(m, x, c, backward=False),
@@ -185,14 +185,14 @@ def engine_vs_torchdeq(ctx: BenchContext) -> ClaimResult:
         import torchdeq  # noqa: F401
     except ImportError as e:
         raise SkipClaim("TorchDEQ is not installed: pip install 'pydeq[bench]' (torchdeq==0.1.0)") from e
-    rows, setup, series = [], {"batch": 128, "input": 784, "spectral_norm": 0.9, "dtype": "float32",
+    rows, setup, series = [], {"batch": BATCH, "input": INPUT, "spectral_norm": 0.9, "dtype": "float32",
                                "forward_rtol": FWD_RTOL, "backward_rtol": BWD_RTOL}, {"backward_time": {}}
     repeats = max(ctx.repeats, 5)
-    for d in ctx.bar([128, 256], desc="engine: state sizes"):
+    for d in ctx.bar(SIZES, desc="engine: state sizes"):
         gen = torch.Generator().manual_seed(ctx.seed + d)
-        model = _TanhMLP(784, d, gen).to(ctx.device)
-        x = torch.randn(128, 784, generator=gen).to(ctx.device)
-        c = torch.randn(128, d, generator=gen).to(ctx.device)
+        model = _TanhMLP(INPUT, d, gen).to(ctx.device)
+        x = torch.randn(BATCH, INPUT, generator=gen).to(ctx.device)
+        c = torch.randn(BATCH, d, generator=gen).to(ctx.device)
         ref = _reference_grad(model, x, c)
         t_f = _f_call_time(model, x)
         methods = _methods(model, x, c)
