@@ -104,49 +104,76 @@ class GMRES(AbstractLinearSolver):
         tiny = torch.finfo(r.dtype).tiny ** 0.5
         V = r.new_empty(batch, m + 1, n)  # basis vectors as rows, each written before it is read
         V[:, 0] = r / beta.clamp_min(tiny)[:, None]
-        beta_h, tol_h = _host(beta), _host(tol)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            bound = tol_h / beta_h  # stop once |Qt[j+1, 0]| <= tol / beta (inf where beta = 0: nothing to solve)
-        R = np.zeros((batch, m, m))  # upper-triangular factor of the Hessenberg matrix
-        Qt = np.tile(np.eye(m + 1), (batch, 1, 1))  # product of the Givens rotations so far
+        ls = _HostLeastSquares(_host(beta), _host(tol), m, tiny)
         k = 0
         for j in range(m):
-            v = K(V[:, j])
-            Vj = V[:, : j + 1]
-            before = _flat_norm(v)
-            h = project(v, Vj)
-            v = v - combine(h, Vj)
-            hn = _flat_norm(v)
-            host = _host(torch.cat([h, hn[:, None], before[:, None]], 1))
-            col, hn_h = host[:, : j + 1], host[:, j + 1]
-            # classical Gram-Schmidt once, and again only where cancellation lost digits (the DGKS criterion
-            # ||v_after|| < ||v_before|| / sqrt(2), Daniel et al. 1976): "twice is enough", usually once is
-            if (hn_h < _DGKS * host[:, j + 2]).any():
-                h2 = project(v, Vj)
-                v = v - combine(h2, Vj)
-                hn = _flat_norm(v)
-                host = _host(torch.cat([h2, hn[:, None]], 1))
-                col, hn_h = col + host[:, : j + 1], host[:, j + 1]
-            # hn below `tiny` is a lucky breakdown: the rotation below makes the estimate 0 and the cycle stops
+            v, col, hn, hn_h = _arnoldi_step(K(V[:, j]), V[:, : j + 1])
+            # hn below `tiny` is a lucky breakdown: the rotation makes the estimate 0 and the cycle stops
             # before this (then meaningless) basis vector is used
             torch.div(v, -hn.clamp_min(tiny)[:, None], out=V[:, j + 1])
             col = -col
             col[:, j] += 1  # A's column: e_j - h
-            # rotate the new Hessenberg column by the previous rotations, then annihilate hn with a new one
-            col = (Qt[:, : j + 1, : j + 1] @ col[..., None])[..., 0]
-            rho = np.maximum(np.hypot(col[:, j], hn_h), tiny)
-            c, s = col[:, j] / rho, hn_h / rho
-            col[:, j] = rho
-            R[:, : j + 1, j] = col
-            top, bottom = Qt[:, j, : j + 2].copy(), Qt[:, j + 1, : j + 2].copy()
-            Qt[:, j, : j + 2] = c[:, None] * top + s[:, None] * bottom
-            Qt[:, j + 1, : j + 2] = c[:, None] * bottom - s[:, None] * top
             k = j + 1
-            if (np.abs(Qt[:, j + 1, 0]) <= bound).all():
+            if ls.add_column(j, col, hn_h):
                 break
-        g = beta_h[:, None] * Qt[:, : k + 1, 0]
-        y = _back_substitute(R[:, :k, :k], g[:, :k], tiny)
-        return combine(_device(y, r), V[:, :k]), k, _device(np.abs(g[:, k]), r)
+        y, est = ls.solve(k)
+        return combine(_device(y, r), V[:, :k]), k, _device(est, r)
+
+
+def _arnoldi_step(v: Tensor, Vj: Tensor) -> tuple[Tensor, np.ndarray, Tensor, np.ndarray]:
+    """Orthogonalise ``v`` against the rows of ``Vj``; returns it, its coefficients and norm (host copies too).
+
+    Classical Gram-Schmidt once, and again only where cancellation lost digits (the DGKS criterion
+    ``||v_after|| < ||v_before|| / sqrt(2)``, Daniel et al. 1976): "twice is enough", usually once is.
+    """
+    j = Vj.shape[1]
+    before = _flat_norm(v)
+    h = project(v, Vj)
+    v = v - combine(h, Vj)
+    hn = _flat_norm(v)
+    host = _host(torch.cat([h, hn[:, None], before[:, None]], 1))
+    col, hn_h = host[:, :j], host[:, j]
+    if (hn_h < _DGKS * host[:, j + 1]).any():
+        h2 = project(v, Vj)
+        v = v - combine(h2, Vj)
+        hn = _flat_norm(v)
+        host = _host(torch.cat([h2, hn[:, None]], 1))
+        col, hn_h = col + host[:, :j], host[:, j]
+    return v, col, hn, hn_h
+
+
+class _HostLeastSquares:
+    """``min ||beta e_1 - H y||`` for the growing Hessenberg ``H``, by Givens rotations, in float64 on the host.
+
+    ``Qt`` accumulates the rotations (``Qt H = R``), so a new column is rotated by all previous ones in one
+    product and ``beta |Qt[j+1, 0]|`` is the residual after ``j + 1`` steps.
+    """
+
+    def __init__(self, beta: np.ndarray, tol: np.ndarray, m: int, tiny: float):
+        batch = beta.shape[0]
+        self.beta, self.tiny = beta, tiny
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.bound = tol / beta  # converged once |Qt[j+1, 0]| <= tol / beta (inf where beta = 0)
+        self.R = np.zeros((batch, m, m))
+        self.Qt = np.tile(np.eye(m + 1), (batch, 1, 1))
+
+    def add_column(self, j: int, col: np.ndarray, subdiagonal: np.ndarray) -> bool:
+        """Append column ``j`` of ``H`` (entries ``0..j`` and ``H[j+1, j]``); True when every sample converged."""
+        Qt = self.Qt
+        col = (Qt[:, : j + 1, : j + 1] @ col[..., None])[..., 0]
+        rho = np.maximum(np.hypot(col[:, j], subdiagonal), self.tiny)
+        c, s = col[:, j] / rho, subdiagonal / rho
+        col[:, j] = rho
+        self.R[:, : j + 1, j] = col
+        top, bottom = Qt[:, j, : j + 2].copy(), Qt[:, j + 1, : j + 2].copy()
+        Qt[:, j, : j + 2] = c[:, None] * top + s[:, None] * bottom
+        Qt[:, j + 1, : j + 2] = c[:, None] * bottom - s[:, None] * top
+        return bool((np.abs(Qt[:, j + 1, 0]) <= self.bound).all())
+
+    def solve(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Coefficients ``y: (batch, k)`` after ``k`` columns and the residual estimate ``(batch,)``."""
+        g = self.beta[:, None] * self.Qt[:, : k + 1, 0]
+        return _back_substitute(self.R[:, :k, :k], g[:, :k], self.tiny), np.abs(g[:, k])
 
 
 def _back_substitute(R: np.ndarray, g: np.ndarray, tiny: float) -> np.ndarray:
