@@ -69,24 +69,32 @@ class Anderson(AbstractRootFinder):
 
     def step(self, fn: Callable[[Tensor], Tensor], state: _State, active: Tensor) -> _State:
         n = min(state.k, self.history)
-        G, F, GG = state.G[:, :n], state.F[:, :n], state.GG[:, :n, :n]
+        if n == 1:  # one iterate: the mixing weight is 1, a (damped) fixed-point step
+            z = state.fz if self.damping == 1.0 else state.z + self.damping * (state.fz - state.z)
+            return self._record(dataclasses.replace(state, z=z, fz=fn(z)))
+        alpha = self._weights(state, n)
+        mix = combine(alpha, state.F[:, :n])
+        if self.damping != 1.0:
+            mix = mix - (1 - self.damping) * combine(alpha, state.G[:, :n])  # sum a_i z_i = sum a_i (f_i - g_i)
+        z = mix.reshape(state.z.shape)
+        return self._record(dataclasses.replace(state, z=z, fz=fn(z)))
+
+    def _weights(self, state: _State, n: int) -> Tensor:
+        """Mixing weights ``(batch, n)``: ``min ||G^T a||^2 + lam ||a||^2`` s.t. ``sum a = 1``."""
+        GG = state.GG[:, :n, :n]
         # Tikhonov term relative to the mean squared residual; the floor keeps an all-zero history
         # (x = 0, a sample already exact) solvable
         scale = GG.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(GG.dtype).tiny ** 0.5)
         eye = state.eye[:n, :n]
-        # min ||G^T a||^2 + lam ||a||^2 s.t. sum a = 1  <=>  a = y / sum(y) with (GG + lam I) y = 1
+        # the constrained minimiser is a = y / sum(y) with (GG + lam I) y = 1
         lhs = GG + (self.regularisation * scale)[:, None, None] * eye
         y = torch.linalg.solve_ex(lhs, state.ones[:, :n])[0][..., 0]
         total = y.sum(1, keepdim=True)
         alpha = y / total
         if self.regularisation == 0:  # a singular Gram matrix (repeated residuals): take the newest iterate
-            ok = torch.isfinite(alpha).all(1, keepdim=True) & (total.abs() > torch.finfo(G.dtype).eps)
+            ok = torch.isfinite(alpha).all(1, keepdim=True) & (total.abs() > torch.finfo(GG.dtype).eps)
             alpha = torch.where(ok, alpha, eye[(state.k - 1) % self.history])
-        mix = combine(alpha, F)
-        if self.damping != 1.0:
-            mix = mix - (1 - self.damping) * combine(alpha, G)  # sum a_i z_i = sum a_i (f_i - g_i)
-        z = mix.reshape(state.z.shape)
-        return self._record(dataclasses.replace(state, z=z, fz=fn(z)))
+        return alpha
 
     def residual(self, state: _State) -> Tensor:
         return torch.linalg.vector_norm(state.G[:, (state.k - 1) % self.history], dim=1)
