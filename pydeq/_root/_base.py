@@ -101,11 +101,10 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
     best_z, best_res = state.z, torch.where(finite, res, torch.inf)
     history = [res.detach().clone()] if trace else None
     # The loop keeps best_res <= res for every sample, so `res < best_res` is already False for frozen samples
-    # and for NaN. The (batch, *state)-sized selects run only when the masks are mixed, which two host-side
-    # counts decide (one sync each); in the common case an iteration is a dozen (batch,)-sized ops.
-    it = 0
+    # and for NaN. The (batch, *state)-sized selects run only when the masks are mixed, which two counts read
+    # together at the end of each step decide (one host synchronisation per step).
+    it, n_active = 0, int(active.sum())
     for it in range(1, solver.max_steps + 1):
-        n_active = int(active.sum())
         if n_active == 0:
             it -= 1
             break
@@ -117,12 +116,6 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
             state = dataclasses.replace(new, z=freeze(active, new.z, state.z), fz=freeze(active, new.fz, state.fz))
             res = torch.where(active, solver.residual(state), res)
         better = res < best_res
-        n_better = int(better.sum())
-        if n_better == batch:  # every sample improved: the iterate is the best one
-            best_z, best_res = state.z, res
-        elif n_better:
-            best_z = freeze(better, state.z, best_z)
-            best_res = torch.where(better, res, best_res)
         done = res <= solver.tolerance(state)
         broken = ~(res < torch.inf)
         if not everyone:
@@ -131,6 +124,12 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
         stopped = done | broken
         steps.masked_fill_(stopped, it)
         active = active ^ stopped
+        n_better, n_active = torch.stack([better.sum(), active.sum()]).tolist()
+        if n_better == batch:  # every sample improved: the iterate is the best one
+            best_z, best_res = state.z, res
+        elif n_better:
+            best_z = freeze(better, state.z, best_z)
+            best_res = torch.where(better, res, best_res)
         if trace:
             history.append(res.detach().clone())
     steps.masked_fill_(active, it)
