@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._batched import batch_norm
+from .._batched import batch_norm, combine, project
 from .._checks import check_int, check_tolerances
 from ._base import AbstractRootFinder
 from ._line_search import backtrack
@@ -18,9 +18,10 @@ __all__ = ["Broyden", "BroydenFactors"]
 
 @dataclass
 class BroydenFactors:
-    """Low-rank inverse-Jacobian estimate ``H = -I + U V^T`` of ``g(z) = f(z) - z``.
+    """Low-rank inverse-Jacobian estimate ``H = -I + sum_i u_i v_i^T`` of ``g(z) = f(z) - z``.
 
-    ``U``, ``V``: ``(batch, n, history)`` with ``n`` the flattened state size. ``H`` approximates
+    ``U``, ``V``: ``(batch, history, n)``, the vectors ``u_i``, ``v_i`` as rows (``n`` the flattened state size),
+    so that a row slice stays contiguous and ``H v`` is two row-vector products. ``H`` approximates
     ``(J_f - I)^{-1}`` along the directions the solve visited (Broyden 1965).
     """
 
@@ -29,11 +30,11 @@ class BroydenFactors:
 
     def apply(self, v: Tensor) -> Tensor:
         """``H v`` for ``v: (batch, n)``."""
-        return -v + torch.einsum("bnm,bm->bn", self.U, torch.einsum("bnm,bn->bm", self.V, v))
+        return -v + combine(project(v, self.V), self.U)
 
     def apply_transpose(self, v: Tensor) -> Tensor:
         """``v^T H`` as a column, for ``v: (batch, n)``."""
-        return -v + torch.einsum("bnm,bm->bn", self.V, torch.einsum("bnm,bn->bm", self.U, v))
+        return -v + combine(project(v, self.U), self.V)
 
 
 @dataclass
@@ -73,13 +74,14 @@ class Broyden(AbstractRootFinder):
 
     def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> _State:
         batch, n = z0.shape[0], z0[0].numel()
-        U = z0.new_zeros(batch, n, self.history)
-        return _State(z=z0, fz=fn(z0), factors=BroydenFactors(U=U, V=torch.zeros_like(U)), k=0)
+        # rows are written before they are read (steps use the first `used`): no zero fill of fresh memory
+        U = z0.new_empty(batch, self.history, n)
+        return _State(z=z0, fz=fn(z0), factors=BroydenFactors(U=U, V=torch.empty_like(U)), k=0)
 
     def step(self, fn: Callable[[Tensor], Tensor], state: _State, active: Tensor) -> _State:
         batch, shape = state.z.shape[0], state.z.shape
         used = min(state.k, self.history)  # columns past `used` are still zero: skip them
-        H = BroydenFactors(U=state.factors.U[..., :used], V=state.factors.V[..., :used])
+        H = BroydenFactors(U=state.factors.U[:, :used], V=state.factors.V[:, :used])
         g = (state.fz - state.z).reshape(batch, -1)
         direction = -H.apply(g).reshape(shape)
         if self.line_search:
@@ -101,11 +103,16 @@ class Broyden(AbstractRootFinder):
         return _State(z=z, fz=fz, factors=BroydenFactors(U=U, V=V), k=state.k + 1)
 
     def postprocess(self, state: _State) -> dict:
-        return {"broyden": state.factors}
+        used = min(state.k, self.history)  # rows past `used` were never written
+        return {"broyden": BroydenFactors(U=state.factors.U[:, :used], V=state.factors.V[:, :used])}
 
 
-def _put(buf: Tensor, slot: int, col: Tensor) -> Tensor:
-    """Out-of-place write of one column (the unrolled adjoint differentiates through the factors)."""
-    mask = torch.zeros(buf.shape[2], dtype=torch.bool, device=buf.device)
+def _put(buf: Tensor, slot: int, row: Tensor) -> Tensor:
+    """Write one row: in place when nothing needs a gradient, out of place otherwise (the unrolled adjoint
+    differentiates through the factors)."""
+    if not (buf.requires_grad or row.requires_grad):
+        buf[:, slot] = row
+        return buf
+    mask = torch.zeros(buf.shape[1], dtype=torch.bool, device=buf.device)
     mask[slot] = True
-    return torch.where(mask, col[:, :, None], buf)
+    return torch.where(mask[:, None], row[:, None], buf)
