@@ -48,10 +48,12 @@ class Neumann(AbstractLinearSolver):
         while matvecs < self.max_steps:
             target = b + K(w)
             matvecs += 1
-            res = batch_norm(target - w)
+            diff = target - w
+            res = batch_norm(diff)
             active = res > tol
-            if not bool(active.any()):
+            n_active = int(active.sum())
+            if n_active == 0:
                 break
-            step = w + self.damping * (target - w)
-            w = torch.where(active.reshape(shape), step, w)
+            step = target if self.damping == 1.0 else w + self.damping * diff
+            w = step if n_active == b.shape[0] else torch.where(active.reshape(shape), step, w)
         return LinearSolution(w=w, residual=res, matvecs=matvecs)
