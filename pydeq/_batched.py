@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["batch_norm", "freeze", "combine", "project"]
+__all__ = ["batch_norm", "freeze", "combine", "project", "write_slot"]
 
 
 def batch_norm(v: Tensor) -> Tensor:
@@ -32,3 +32,17 @@ def project(v: Tensor, rows: Tensor) -> Tensor:
     A row vector on the left: CPU bmm with a single *column* on the right is a slow per-sample GEMV loop.
     """
     return (v[:, None] @ rows.mT)[:, 0]
+
+
+def write_slot(buf: Tensor, slot: int, row: Tensor, dim: int = 1) -> Tensor:
+    """Write ``row`` into index ``slot`` of ``buf`` along ``dim`` (1 or 2); a short ``row`` fills the leading part.
+
+    In place when nothing needs a gradient; out of place otherwise (keeps the unrolled adjoint's graph intact).
+    """
+    if not (buf.requires_grad or row.requires_grad):
+        buf.select(dim, slot)[:, : row.shape[1]].copy_(row)
+        return buf
+    row = torch.nn.functional.pad(row, (0, buf.shape[3 - dim] - row.shape[1]))  # unread positions get zeros
+    mask = torch.zeros(buf.shape[dim], dtype=torch.bool, device=buf.device)
+    mask[slot] = True
+    return torch.where(mask[None, :, None] if dim == 1 else mask[None, None, :], row.unsqueeze(dim), buf)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._batched import combine, project
+from .._batched import combine, project, write_slot
 from .._checks import check_fraction, check_int, check_positive, check_tolerances
 from ._base import AbstractRootFinder
 
@@ -105,25 +105,11 @@ class Anderson(AbstractRootFinder):
         fz, z = state.fz.reshape(batch, -1), state.z.reshape(batch, -1)
         if state.G.requires_grad or fz.requires_grad or z.requires_grad:
             g = fz - z
-            G = _put(state.G, slot, g)
+            G = write_slot(state.G, slot, g)
         else:  # the residual is formed in its slot directly: one pass over the state instead of two
             G = state.G
             g = torch.sub(fz, z, out=G[:, slot])
-        F = _put(state.F, slot, fz)
+        F = write_slot(state.F, slot, fz)
         row = project(g, G[:, :written])  # <g_i, g_new> over the written slots only
-        GG = _put(_put(state.GG, slot, row), slot, row, dim=2)
+        GG = write_slot(write_slot(state.GG, slot, row), slot, row, dim=2)
         return dataclasses.replace(state, G=G, F=F, GG=GG, k=state.k + 1)
-
-
-def _put(buf: Tensor, slot: int, row: Tensor, dim: int = 1) -> Tensor:
-    """Write ``row`` into index ``slot`` of ``buf`` along ``dim`` (1 or 2); a short ``row`` fills the leading part.
-
-    In place when nothing needs a gradient; out of place otherwise (keeps the unrolled adjoint's graph intact).
-    """
-    if not (buf.requires_grad or row.requires_grad):
-        buf.select(dim, slot)[:, : row.shape[1]].copy_(row)
-        return buf
-    row = torch.nn.functional.pad(row, (0, buf.shape[3 - dim] - row.shape[1]))  # unread positions get zeros
-    mask = torch.zeros(buf.shape[dim], dtype=torch.bool, device=buf.device)
-    mask[slot] = True
-    return torch.where(mask[None, :, None] if dim == 1 else mask[None, None, :], row.unsqueeze(dim), buf)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._batched import batch_norm, combine, project
+from .._batched import batch_norm, combine, project, write_slot
 from .._checks import check_int, check_tolerances
 from ._base import AbstractRootFinder
 from ._line_search import backtrack
@@ -99,20 +99,9 @@ class Broyden(AbstractRootFinder):
         u = torch.where(ok[:, None], (s - Hy) / safe[:, None], torch.zeros_like(s))
         v = torch.where(ok[:, None], sH, torch.zeros_like(s))
         slot = state.k % self.history
-        U, V = _put(state.factors.U, slot, u), _put(state.factors.V, slot, v)
+        U, V = write_slot(state.factors.U, slot, u), write_slot(state.factors.V, slot, v)
         return _State(z=z, fz=fz, factors=BroydenFactors(U=U, V=V), k=state.k + 1)
 
     def postprocess(self, state: _State) -> dict:
         used = min(state.k, self.history)  # rows past `used` were never written
         return {"broyden": BroydenFactors(U=state.factors.U[:, :used], V=state.factors.V[:, :used])}
-
-
-def _put(buf: Tensor, slot: int, row: Tensor) -> Tensor:
-    """Write one row: in place when nothing needs a gradient, out of place otherwise (the unrolled adjoint
-    differentiates through the factors)."""
-    if not (buf.requires_grad or row.requires_grad):
-        buf[:, slot] = row
-        return buf
-    mask = torch.zeros(buf.shape[1], dtype=torch.bool, device=buf.device)
-    mask[slot] = True
-    return torch.where(mask[:, None], row[:, None], buf)
