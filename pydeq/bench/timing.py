@@ -9,13 +9,13 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Stopwatch", "Timing", "measure", "measure_side_by_side", "stopwatch", "synchronize"]
+__all__ = ["Stopwatch", "Timing", "measure", "measure_side_by_side", "rotated_batches", "stopwatch", "synchronize"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,18 @@ def stopwatch(device: torch.device | str | None = None) -> Iterator[Stopwatch]:
     finally:
         synchronize(device)
         sw.seconds = time.perf_counter() - sw._start
+
+
+def rotated_batches(names: list[str], n_examples: int, batch: int, epoch: int, gen: torch.Generator,
+                    steps: Iterable[int]) -> Iterator[tuple[int, torch.Tensor, list[str]]]:
+    """One epoch of lock-step training: ``(global step, batch indices, method order)`` per step.
+
+    The epoch's permutation is drawn from ``gen``; the order of ``names`` is rotated by one each step so that no
+    method always runs first (and warms the caches for the others). ``steps`` is ``range(n_examples // batch)``,
+    possibly wrapped in a progress bar.
+    """
+    perm = torch.randperm(n_examples, generator=gen)
+    per_epoch = n_examples // batch
+    for i in steps:
+        shift = (epoch * per_epoch + i) % len(names)
+        yield epoch * per_epoch + i, perm[i * batch:(i + 1) * batch], names[shift:] + names[:shift]

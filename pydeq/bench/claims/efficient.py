@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, claim
-from pydeq.bench.timing import Timing, stopwatch
+from pydeq.bench.timing import Timing, rotated_batches, stopwatch
 
 __all__ = ["efficient_broyden_reuse"]
 
@@ -164,12 +164,10 @@ def _train(ctx: BenchContext, base: _MLPDEQ, methods: dict, data: tuple[Tensor, 
     gen = torch.Generator().manual_seed(ctx.seed)
     names, steps = list(methods), x.shape[0] // batch
     for epoch in ctx.bar(range(epochs), desc="efficient: epochs"):
-        perm = torch.randperm(x.shape[0], generator=gen)
         acc: dict[str, list[dict[str, float]]] = {k: [] for k in methods}
-        for i in ctx.bar(range(steps), desc=f"efficient: epoch {epoch + 1}", unit="step"):
-            idx = perm[i * batch:(i + 1) * batch]
-            shift = (epoch * steps + i) % len(names)
-            for name in names[shift:] + names[:shift]:  # rotate the order: no method always runs first
+        bar = ctx.bar(range(steps), desc=f"efficient: epoch {epoch + 1}", unit="step")
+        for _, idx, order in rotated_batches(names, x.shape[0], batch, epoch, gen, bar):
+            for name in order:
                 acc[name].append(_step(name, methods[name], models[name], opts[name], x[idx], y[idx]))
         for name, recs in acc.items():
             s = series

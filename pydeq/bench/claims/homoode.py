@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, claim
-from pydeq.bench.timing import stopwatch
+from pydeq.bench.timing import rotated_batches, stopwatch
 
 __all__ = ["homoode_claim", "saved_tensor_bytes", "matched_width"]
 
@@ -185,13 +185,11 @@ def _train(ctx: BenchContext, models: dict[str, _Classifier], data: tuple[Tensor
     series: dict[str, dict[str, list[float]]] = {s: {k: [] for k in models} for s in kinds}
     gen, names, steps = torch.Generator().manual_seed(ctx.seed), list(models), x.shape[0] // batch
     for epoch in ctx.bar(range(epochs), desc="homoode: epochs"):
-        perm = torch.randperm(x.shape[0], generator=gen)
         recs: dict[str, list[dict[str, float]]] = {k: [] for k in models}
-        for i in ctx.bar(range(steps), desc=f"homoode: epoch {epoch + 1}", unit="step"):
-            idx = perm[i * batch:(i + 1) * batch]
-            shift = (epoch * steps + i) % len(names)
-            for name in names[shift:] + names[:shift]:  # rotated: no model always runs first
-                recs[name].append(_step(models[name], *opts[name], x[idx], y[idx], epoch * steps + i))
+        bar = ctx.bar(range(steps), desc=f"homoode: epoch {epoch + 1}", unit="step")
+        for step, idx, order in rotated_batches(names, x.shape[0], batch, epoch, gen, bar):
+            for name in order:
+                recs[name].append(_step(models[name], *opts[name], x[idx], y[idx], step))
         for name, r in recs.items():
             acc, test_nfe = _evaluate(models[name], xt, yt)
             series["time_per_epoch"][name].append(sum(v["time"] for v in r))
