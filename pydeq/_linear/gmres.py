@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._batched import combine, project
+from .._batched import batch_norm, combine, project
 from .._checks import check_int, check_positive
 from ._base import AbstractLinearSolver, LinearSolution
 
@@ -17,10 +17,6 @@ __all__ = ["GMRES"]
 
 
 _DGKS = 0.5**0.5
-
-
-def _flat_norm(v: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(v, dim=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,10 +59,10 @@ class GMRES(AbstractLinearSolver):
             return v - Kf(v)
 
         w = torch.zeros_like(bf) if w0 is None else w0.reshape(batch, -1).clone()
-        tol = self.atol + self.rtol * _flat_norm(bf)
+        tol = self.atol + self.rtol * batch_norm(bf)
         matvecs = int(w0 is not None)
         r = bf - A(w) if w0 is not None else bf.clone()
-        res = _flat_norm(r)
+        res = batch_norm(r)
         while matvecs < self.max_steps:
             active = res > tol
             if not bool(active.any()):
@@ -82,7 +78,7 @@ class GMRES(AbstractLinearSolver):
             # system it can claim convergence that the iterate does not have, so the stop is decided on b - A w
             r = bf - A(w)
             matvecs += 1
-            res = _flat_norm(r)
+            res = batch_norm(r)
         return LinearSolution(w=w.reshape(shape), residual=res, matvecs=matvecs)
 
     def _cycle(self, K: Callable[[Tensor], Tensor], r: Tensor, beta: Tensor, tol: Tensor,
@@ -127,16 +123,16 @@ def _arnoldi_step(v: Tensor, Vj: Tensor) -> tuple[Tensor, np.ndarray, Tensor, np
     ``||v_after|| < ||v_before|| / sqrt(2)``, Daniel et al. 1976): "twice is enough", usually once is.
     """
     j = Vj.shape[1]
-    before = _flat_norm(v)
+    before = batch_norm(v)
     h = project(v, Vj)
     v = v - combine(h, Vj)
-    hn = _flat_norm(v)
+    hn = batch_norm(v)
     host = _host(torch.cat([h, hn[:, None], before[:, None]], 1))
     col, hn_h = host[:, :j], host[:, j]
     if (hn_h < _DGKS * host[:, j + 1]).any():
         h2 = project(v, Vj)
         v = v - combine(h2, Vj)
-        hn = _flat_norm(v)
+        hn = batch_norm(v)
         host = _host(torch.cat([h2, hn[:, None]], 1))
         col, hn_h = col + host[:, :j], host[:, j]
     return v, col, hn, hn_h
