@@ -133,7 +133,49 @@ def test_anderson_gram_matrix_is_updated_incrementally():
             G = state.G[:, :n]
             torch.testing.assert_close(state.GG[:, :n, :n], G @ G.transpose(1, 2), rtol=1e-12, atol=1e-14)
             assert torch.equal(state.G[:, (state.k - 1) % 3], state.fz - state.z)
+            # the residual is read off the Gram diagonal, not recomputed
+            torch.testing.assert_close(solver.residual(state), (state.fz - state.z).norm(dim=1), rtol=1e-14, atol=0)
             state = solver.step(fn, state, active)
+
+
+def test_anderson_in_place_and_recorded_paths_agree():
+    """The no-grad path (buffers written in place, cached views) and the unrolled path (out of place, recorded
+    for autograd) run the same iteration: same iterates, residuals and step counts, ring wrap included."""
+    W, U, x = linear_problem(d=10, batch=6, contraction=0.9)
+    f = lambda z, x: torch.tanh(z @ W.T + x @ U.T)  # noqa: E731
+    solver = pydeq.Anderson(history=3, rtol=0.0, atol=1e-12, max_steps=40)
+    with torch.no_grad():
+        fast = pydeq.fixed_point(f, x, solver=solver, on_failure="raise", trace=True)
+    recorded = pydeq.fixed_point(f, x, solver=solver, adjoint=pydeq.UnrolledAdjoint(), on_failure="raise", trace=True)
+    assert recorded.z.requires_grad and int(fast.steps.max()) > 6  # the ring of 3 wrapped
+    torch.testing.assert_close(fast.z, recorded.z.detach(), rtol=0, atol=1e-13)
+    assert torch.equal(fast.steps, recorded.steps) and fast.nfe == recorded.nfe
+    torch.testing.assert_close(torch.stack(fast.trace), torch.stack(recorded.trace).detach(), rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("solver", [pydeq.FixedPointIteration(rtol=0, atol=1e-10, max_steps=200),
+                                    pydeq.Anderson(rtol=0, atol=1e-10)], ids=repr)
+def test_a_sample_turning_nan_mid_solve_is_flagged_alone(solver):
+    """While every sample still runs, the driver checks for stops with one host read; a NaN appearing in one
+    sample at step 3 must still be caught there, with the other samples solved as if alone."""
+    W, U, x = linear_problem(d=8, batch=4, contraction=0.9)
+    calls = [0]
+
+    def f(z, x):
+        calls[0] += 1
+        out = torch.tanh(z @ W.T + x @ U.T)
+        if calls[0] == 4:
+            out = out.clone()
+            out[2, 0] = float("nan")
+        return out
+
+    with torch.no_grad():
+        sol = pydeq.fixed_point(f, x, solver=solver, on_failure="return")
+        calls[0] = -10**6  # no more NaN
+        alone = pydeq.fixed_point(f, x[[0, 1, 3]], solver=solver, on_failure="raise")
+    assert sol.status.tolist() == [int(pydeq.Status.SUCCESS)] * 2 + [int(pydeq.Status.NONFINITE), int(pydeq.Status.SUCCESS)]
+    assert int(sol.steps[2]) == 3
+    torch.testing.assert_close(sol.z[[0, 1, 3]], alone.z, rtol=0, atol=1e-9)
 
 
 def test_anderson_without_regularisation_survives_parallel_residuals():

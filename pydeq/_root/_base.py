@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -101,8 +102,10 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
     best_z, best_res = state.z, torch.where(finite, res, torch.inf)
     history = [res.detach().clone()] if trace else None
     # The loop keeps best_res <= res for every sample, so `res < best_res` is already False for frozen samples
-    # and for NaN. The (batch, *state)-sized selects run only when the masks are mixed, which two counts read
-    # together at the end of each step decide (one host synchronisation per step).
+    # and for NaN. The (batch, *state)-sized selects run only when the masks are mixed, which counts read
+    # together at the end of each step decide. While every sample is running, one host read (counts of the
+    # improved and of the still-above-tolerance samples, and the residual sum, finite iff every residual is)
+    # tells whether any sample stopped; only then are the status masks updated.
     it, n_active = 0, int(active.sum())
     for it in range(1, solver.max_steps + 1):
         if n_active == 0:
@@ -116,15 +119,21 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
             state = dataclasses.replace(new, z=freeze(active, new.z, state.z), fz=freeze(active, new.fz, state.fz))
             res = torch.where(active, solver.residual(state), res)
         better = res < best_res
-        done = res <= solver.tolerance(state)
-        broken = ~(res < torch.inf)
-        if not everyone:
-            done, broken = done & active, broken & active
-        status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(broken, int(Status.NONFINITE))
-        stopped = done | broken
-        steps.masked_fill_(stopped, it)
-        active = active ^ stopped
-        n_better, n_active = torch.stack([better.sum(), active.sum()]).tolist()
+        tol = solver.tolerance(state)
+        quiet = False
+        if everyone:
+            n_better, n_above, total = torch.stack([better.sum(), (res > tol).sum(), res.sum()]).tolist()
+            quiet = n_above == batch and math.isfinite(total)
+        if not quiet:
+            done = res <= tol
+            broken = ~(res < torch.inf)
+            if not everyone:
+                done, broken = done & active, broken & active
+            status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(broken, int(Status.NONFINITE))
+            stopped = done | broken
+            steps.masked_fill_(stopped, it)
+            active = active ^ stopped
+            n_better, n_active = torch.stack([better.sum(), active.sum()]).tolist()
         if n_better == batch:  # every sample improved: the iterate is the best one
             best_z, best_res = state.z, res
         elif n_better:
