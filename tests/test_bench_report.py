@@ -274,3 +274,7 @@ def test_engine_benchmark_end_to_end_at_small_sizes(tmp_path: Path, monkeypatch:
         assert s["final_rel_residual"] <= engine.FWD_RTOL * 1.01, (name, s)
     assert stats["pydeq-matched"]["final_rel_residual"] <= engine.FWD_RTOL / 4 * 1.01
     assert c["setup"]["overhead_d20"]["pydeq_overhead"] > 0
+    # the floor counts f and one read of the history, never more than what the engine itself was measured at
+    for floor, measured in [(c["setup"]["overhead_floor_d12"], stats["pydeq"]["overhead_ratio"]),
+                            (c["setup"]["overhead_d20"]["overhead_floor"], c["setup"]["overhead_d20"]["pydeq_overhead"])]:
+        assert 1 < floor < measured
