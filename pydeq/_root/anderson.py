@@ -91,16 +91,16 @@ class Anderson(AbstractRootFinder):
         if n == 1:  # one iterate: the mixing weight is 1, a (damped) fixed-point step
             z = state.fz if self.damping == 1.0 else state.z + self.damping * (state.fz - state.z)
             return self._record(dataclasses.replace(state, z=z, fz=fn(z)))
-        alpha, v = self._weights(state, n), self._views(state, n)
+        v = self._views(state, n)
+        alpha = self._weights(state, v)
         mix = combine(alpha, v.F)
         if self.damping != 1.0:
             mix = mix - (1 - self.damping) * combine(alpha, v.G)  # sum a_i z_i = sum a_i (f_i - g_i)
         z = mix.reshape(state.z.shape)
         return self._record(dataclasses.replace(state, z=z, fz=fn(z)))
 
-    def _weights(self, state: _State, n: int) -> Tensor:
-        """Mixing weights ``(batch, n)``: ``min ||G^T a||^2 + lam ||a||^2`` s.t. ``sum a = 1``."""
-        v = self._views(state, n)
+    def _weights(self, state: _State, v: _Views) -> Tensor:
+        """Weights ``(batch, n)`` over the slots of ``v``: ``min ||G^T a||^2 + lam ||a||^2`` s.t. ``sum a = 1``."""
         # Tikhonov term relative to the mean squared residual; the floor keeps an all-zero history
         # (x = 0, a sample already exact) solvable
         scale = v.diag.mean(1).clamp_min(torch.finfo(v.GG.dtype).tiny ** 0.5)
