@@ -205,14 +205,17 @@ def _overhead_scaling(ctx: BenchContext, repeats: int, setup: dict[str, Any]) ->
         setup[f"overhead_d{d}"] = {"f_call_ms": 1e3 * t_f, "overhead_floor": floor,
                                    **{f"{k}_overhead": v for k, v in ratio.items()},
                                    **{f"{k}_nfe": float(v[-1]["nfe_f"]) for k, v in runs.items()}}
-        rows.append(Row(method=f"pydeq d={d}", quantity="solver overhead ratio (wall / (NFE x f time))",
-                        metrics={"f_call_ms": 1e3 * t_f, "torchdeq_overhead": ratio["torchdeq"],
-                                 "overhead_floor": floor},
-                        ratio=ratio["pydeq"], target=1.15, paper_figure="<= 1.15",
-                        measured_figure=f"{ratio['pydeq']:.2f}", held=ratio["pydeq"] <= 1.15,
-                        why=(f"forward only, f call {1e3 * t_f:.2f} ms; TorchDEQ's: {ratio['torchdeq']:.2f}; "
-                             f"floor for any Anderson(m={HISTORY}): {floor:.2f}")))
+        rows.append(_overhead_row(d, ratio["pydeq"], ratio["torchdeq"], t_f, floor,
+                                  f"forward only, f call {1e3 * t_f:.2f} ms; "))
     return rows
+
+
+def _overhead_row(d: int, mine: float, theirs: float, t_f: float, floor: float, context: str = "") -> Row:
+    """The overhead-ratio row for state ``d``: pydeq's ratio against the 1.15 target, TorchDEQ's and the floor."""
+    return Row(method=f"pydeq d={d}", quantity="solver overhead ratio (wall / (NFE x f time))",
+               metrics={"f_call_ms": 1e3 * t_f, "torchdeq_overhead": theirs, "overhead_floor": floor},
+               ratio=mine, target=1.15, paper_figure="<= 1.15", measured_figure=f"{mine:.2f}", held=mine <= 1.15,
+               why=f"{context}TorchDEQ's: {theirs:.2f}; floor for any Anderson(m={HISTORY}): {floor:.2f}")
 
 
 def _median(values: list[float]) -> float:
@@ -263,14 +266,7 @@ def engine_vs_torchdeq(ctx: BenchContext) -> ClaimResult:
                             measured_figure=f"{ratio:.2f}x", held=ok,
                             why=(f"grad error {mine['grad_rel_error']:.1e} vs {theirs['grad_rel_error']:.1e}, "
                                  f"residual {mine['final_rel_residual']:.1e} vs {theirs['final_rel_residual']:.1e}")))
-        mine = stats["pydeq"]
-        rows.append(Row(method=f"pydeq d={d}", quantity="solver overhead ratio (wall / (NFE x f time))",
-                        metrics={"f_call_ms": 1e3 * t_f, "torchdeq_overhead": stats["torchdeq"]["overhead_ratio"],
-                                 "overhead_floor": floor},
-                        ratio=mine["overhead_ratio"], target=1.15, paper_figure="<= 1.15",
-                        measured_figure=f"{mine['overhead_ratio']:.2f}", held=mine["overhead_ratio"] <= 1.15,
-                        why=(f"TorchDEQ's: {stats['torchdeq']['overhead_ratio']:.2f}; "
-                             f"floor for any Anderson(m={HISTORY}): {floor:.2f}")))
+        rows.append(_overhead_row(d, stats["pydeq"]["overhead_ratio"], stats["torchdeq"]["overhead_ratio"], t_f, floor))
         setup[f"stats_d{d}"] = stats  # plain floats / None: JSON-safe
         setup[f"overhead_floor_d{d}"] = floor
     rows += _overhead_scaling(ctx, repeats, setup)
