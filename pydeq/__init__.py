@@ -14,6 +14,7 @@ from ._adjoint import (
     UnrolledAdjoint,
 )
 from ._linear import GMRES, AbstractLinearSolver, Direct, Neumann
+from ._norms import l2_norm, max_norm, rms_norm
 from ._ode import (
     BS3,
     RK4,
@@ -55,6 +56,8 @@ __all__ = [
     # functional API and records
     "fixed_point", "odeint", "Solution", "Status", "BackwardStats", "ConvergenceError", "ConvergenceWarning",
     "NonFiniteError", "jacobian_frobenius",
+    # per-sample norms for tolerances
+    "rms_norm", "max_norm", "l2_norm",
     # root finders and steady state
     "AbstractRootFinder", "FixedPointIteration", "Anderson", "Broyden", "BroydenFactors", "NewtonKrylov", "SteadyState",
     # ODE integrators
