@@ -18,12 +18,20 @@ from ._norms import l2_norm, max_norm, rms_norm
 from ._ode import (
     BS3,
     RK4,
+    RK38,
     AbstractODEAdjoint,
     AbstractODESolver,
     BacksolveAdjoint,
+    CheckpointAdjoint,
     DirectAdjoint,
     Dopri5,
     Euler,
+    Event,
+    Fehlberg2,
+    Heun2,
+    Heun3,
+    HeunEuler,
+    Midpoint,
     PIController,
     SteadyState,
     Tsit5,
@@ -62,6 +70,7 @@ __all__ = [
     "AbstractRootFinder", "FixedPointIteration", "Anderson", "Broyden", "BroydenFactors", "NewtonKrylov", "SteadyState",
     # ODE integrators
     "AbstractODESolver", "Tsit5", "Dopri5", "BS3", "Euler", "RK4", "PIController",
+    "HeunEuler", "Fehlberg2", "Midpoint", "Heun2", "Heun3", "RK38", "Event", "CheckpointAdjoint",
     # adjoints and linear solvers
     "AbstractAdjoint", "ImplicitAdjoint", "BroydenReuseAdjoint", "JacobianFreeAdjoint", "PhantomAdjoint",
     "UnrolledAdjoint", "AbstractODEAdjoint", "DirectAdjoint", "BacksolveAdjoint", "AbstractLinearSolver", "GMRES",
