@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -126,6 +127,8 @@ def check_odeint_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, 
     if event is not None and grid.n != 2:
         raise ValueError(f"an event solve runs from t0 until the event (or t_max): give t_span = (t0, t_max), "
                          f"or a 2-entry tensor; got {grid.n} times.")
+    if event is not None:  # the answer is the state at the event, not a trajectory
+        grid = dataclasses.replace(grid, endpoint_only=True)
     if solver.adaptive:
         check_norm_output(type(solver).__name__, solver.norm(u0), u0.shape[0])
     return grid
