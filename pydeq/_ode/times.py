@@ -102,32 +102,21 @@ def _output_times(t: Tensor, u0: Tensor, open_end: bool) -> TimeGrid:
                         f"{t.dtype}. Use t.to(u0.dtype).")
     if t.device != u0.device:
         raise ValueError(f"output times t must be on u0's device {u0.device}; got {t.device}. Use t.to(u0.device).")
-    if t.dim() == 1:
-        t = t.expand(batch, t.shape[0])
-    elif t.dim() != 2 or t.shape[0] != batch:
+    if t.dim() not in (1, 2) or t.dim() == 2 and t.shape[0] != batch:
         raise ValueError(f"output times t must be 1-D (n_times,) or per sample (batch, n_times) = ({batch}, n); "
                          f"got shape {tuple(t.shape)}.")
-    if t.shape[1] == 0:
+    if t.shape[-1] == 0:
         raise ValueError("output times t is empty; give at least the start time, e.g. torch.tensor([0.0, 1.0]).")
-    body = t[:, :-1] if open_end else t
-    bad_values = ~torch.isfinite(body).all() | (open_end and bool(torch.isnan(t[:, -1]).any()))
-    if bool(bad_values):
-        raise ValueError(f"output times t contain {int((~torch.isfinite(t)).sum())} NaN/Inf value(s); every time "
-                         "must be a finite number" + (" (only an event solve's end may be infinite)." if open_end
-                                                      else "."))
-    dt = (t[:, 1:] - t[:, :-1]).detach()
-    up, down = (dt > 0).all(dim=1), (dt < 0).all(dim=1)
-    bad = ~(up | down)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        wrong = (dt[row] == 0) | ((dt[row] > 0) != bool(dt[row, 0] > 0))
-        col = int(wrong.nonzero()[0, 0]) + 1
-        where = f" (row {row})" if t.shape[0] > 1 else ""
-        raise ValueError(f"output times t must be strictly increasing or strictly decreasing{where}; they change "
-                         f"direction or repeat at index {col}: {t[row, max(col - 1, 0):col + 2].tolist()}. Sort them "
-                         "(and drop duplicates), keeping the start time first.")
+    body = t[..., :-1] if open_end else t
+    if not bool(torch.isfinite(body).all()) or open_end and bool(torch.isnan(t[..., -1]).any()):
+        raise ValueError(f"output times t contain {int((~torch.isfinite(body)).sum())} NaN/Inf value(s); every "
+                         "time must be a finite number" + (" (only an event solve's end may be infinite)."
+                                                           if open_end else "."))
+    _check_monotone(t)
+    t = t.expand(batch, t.shape[-1])
+    down = t[:, -1] < t[:, 0]  # monotone rows: the ends give the direction (a single time runs forward)
     direction = torch.where(down, -1.0, 1.0).to(t.dtype)
-    forward = bool(up.all())
+    forward = not bool(down.any())
     s = (t.detach() if forward else per_sample(direction, t) * t.detach()).contiguous()  # searchsorted wants it
     return TimeGrid(t=t, s=s, direction=direction, forward=forward, endpoint_only=False)
 
@@ -155,3 +144,20 @@ def with_output_times(fn: VectorField, grid: TimeGrid, ys: Tensor, u0: Tensor) -
             fj = fn(tj.detach(), yj.detach())
         cols.append(yj + per_sample(tj - tj.detach(), yj) * fj)
     return torch.stack(cols, dim=1), grid.n - 1
+
+
+def _check_monotone(t: Tensor) -> None:
+    """Each row of ``t`` (or ``t`` itself) strictly increasing or strictly decreasing, else say where it is not."""
+    rows = t.reshape(-1, t.shape[-1]).detach()
+    dt = rows[:, 1:] - rows[:, :-1]
+    bad = ~((dt > 0).all(dim=1) | (dt < 0).all(dim=1))
+    if not bool(bad.any()):
+        return
+    row = int(bad.nonzero()[0, 0])
+    wrong = (dt[row] == 0) | ((dt[row] > 0) != bool(dt[row, 0] > 0))
+    col = int(wrong.nonzero()[0, 0]) + 1
+    where = f" (row {row})" if t.dim() == 2 else ""
+    shown = ", ".join(f"{float(v):.6g}" for v in rows[row, max(col - 1, 0) : col + 2])
+    raise ValueError(f"output times t must be strictly increasing or strictly decreasing{where}; they change "
+                     f"direction or repeat at index {col}: [{shown}]. Sort them (and drop duplicates), keeping the "
+                     "start time first.")
