@@ -4,7 +4,7 @@ The native PyTorch engine is the default and runs everywhere; the Julia engine (
 optional and only imported when asked for.
 """
 
-from . import interop, spec
+from . import compat, interop, spec
 from ._adjoint import (
     AbstractAdjoint,
     BroydenReuseAdjoint,
@@ -76,5 +76,5 @@ __all__ = [
     "UnrolledAdjoint", "AbstractODEAdjoint", "DirectAdjoint", "BacksolveAdjoint", "AbstractLinearSolver", "GMRES",
     "Neumann", "Direct",
     # modules
-    "interop", "spec",
+    "compat", "interop", "spec",
 ]
