@@ -48,8 +48,9 @@ def rk_stages(tab: ButcherTableau, fn: VectorField, t: Tensor, u: Tensor, h: Ten
     hb = per_sample(h, u)
     # Without autograd the stages go into one stage-major buffer and every combination sum_j a_ij k_j is one
     # vector-matrix product (a Tsit5 step: ~15 tensor ops instead of ~60). Autograd needs the stages as
-    # separate tensors (an in-place write would invalidate the saved ones), so it takes the term-by-term path.
-    if torch.is_grad_enabled():
+    # separate tensors (an in-place write would invalidate the saved ones), so it takes the term-by-term path;
+    # it is needed only if u or F(t, u) carries a graph (then every stage does; else none does).
+    if torch.is_grad_enabled() and (u.requires_grad or k1.requires_grad or h.requires_grad):
         return _rk_stages_terms(tab, fn, t, u, hb, h, k1)
     K = k1.new_empty((len(tab.c),) + k1.shape)
     K[0] = k1
