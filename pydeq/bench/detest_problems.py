@@ -37,9 +37,9 @@ def _stack(*parts: Tensor) -> Tensor:
     return torch.stack(torch.broadcast_tensors(*parts), dim=-1)
 
 
-def _t(t: Tensor, y: Tensor) -> Tensor:
-    """The time broadcast against one entry ``y[..., i]``: ``(batch,)`` or a scalar."""
-    return t if t.dim() == 0 else t.reshape(y.shape[:-1])
+def _t(t: Tensor, entry: Tensor) -> Tensor:
+    """The time shaped like one entry ``y[..., i]``: ``(batch,)``, or a scalar for a single state."""
+    return t if t.dim() == 0 else t.reshape(entry.shape)
 
 
 def _chain(y: Tensor) -> Tensor:  # C1: y1' = -y1, y_i' = y_{i-1} - y_i, y10' = y9
