@@ -39,3 +39,9 @@ def test_quick_run_writes_tables_and_plots(tmp_path):
     assert [p.name for p in plot_classes(record, tmp_path)] == ["detest_A.png"]
     tsit5 = {q["tol"]: q["error"] for q in curves["pydeq Tsit5"]}
     assert tsit5[1e-9] < 1e-7 < tsit5[1e-3] and np.isfinite(list(tsit5.values())).all()
+
+
+def test_unknown_problem_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        detest.main(["--only", "Z9"])
+    assert exit_info.value.code == 2 and "unknown problem(s) ['Z9']" in capsys.readouterr().err

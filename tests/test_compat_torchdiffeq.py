@@ -202,3 +202,17 @@ def test_bad_input_is_reported_as_in_pydeq():
 
     with pytest.raises(ValueError, match="func.callback_step is a torchdiffeq callback"):
         pd.odeint(WithCallback(), torch.ones(2), t)
+
+
+def test_more_drop_in_messages():
+    t = torch.linspace(0.0, 1.0, 3)
+    with pytest.raises(TypeError, match="func must be callable as func"):
+        pd.odeint(3, torch.ones(2), t)
+    with pytest.raises(TypeError, match="t must be a torch.Tensor of times; got list"):
+        pd.odeint(lambda t, y: -y, torch.ones(2), [0.0, 1.0])
+    with pytest.raises(TypeError, match="the tensors of a tuple y0 must share one dtype and device"):
+        pd.odeint(lambda t, y: y, (torch.ones(2), torch.ones(2, dtype=D)), t)
+    with pytest.raises(TypeError, match="atol must be a number; got str"):
+        pd.odeint(lambda t, y: -y, torch.ones(2), t, atol="1e-6")
+    with pytest.raises(ValueError, match="with event_fn, t must hold 2 times"):
+        pd.odeint(lambda t, y: -y, torch.ones(2), t, event_fn=lambda t, y: y[0])

@@ -149,3 +149,18 @@ def test_solver_without_a_tableau_is_rejected_by_odeint():
 
     with pytest.raises(TypeError, match="Multistep is not a Runge–Kutta method with a tableau"):
         odeint(field, U0, (0.0, 1.0), solver=Multistep())
+
+
+def test_more_argument_messages():
+    from pydeq import CheckpointAdjoint, Event
+
+    with pytest.raises(ValueError, match=r"t_span must be a pair \(t0, t1\) of numbers or a tensor of output times"):
+        odeint(field, U0, 1.0)
+    with pytest.raises(ValueError, match="only an event solve's end may be infinite"):
+        odeint(field, U0, torch.tensor([float("nan"), 1.0]), event=Event(fn=lambda t, u: u[:, 0]))
+    with pytest.raises(ValueError, match="Event.max_iters must be an int >= 1"):
+        Event(fn=lambda t, u: u[:, 0], max_iters=0)
+    with pytest.raises(ValueError, match="CheckpointAdjoint.segment must be an int >= 1"):
+        CheckpointAdjoint(segment=0)
+    with pytest.raises(TypeError, match="CheckpointAdjoint.recursive must be True or False"):
+        CheckpointAdjoint(recursive=1)
