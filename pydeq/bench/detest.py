@@ -117,18 +117,25 @@ def _error(ys: np.ndarray, ref: np.ndarray) -> float:
     return float((np.abs(ys - ref) / np.maximum(1.0, np.abs(ref)))[:, 1:].max())
 
 
-def _measure(p: Problem, name: str, y0: torch.Tensor, t: np.ndarray, ref: np.ndarray, repeats: int,
-             tols: list[float]) -> list[dict[str, float]]:
-    runner = METHODS[name][0]
-    points = []
-    for tol in tols:
-        best = math.inf
+def _measure(p: Problem, names: tuple[str, ...], y0: torch.Tensor, t: np.ndarray, ref: np.ndarray, repeats: int,
+             quick: bool = False, tols: list[float] | None = None) -> dict[str, list[dict[str, float]]]:
+    """Every method on ``p`` at its tolerances, timed side by side: at each tolerance the methods take turns
+    (A B C A B C …), so drift in the machine's speed hits them alike."""
+    by_tol: dict[float, list[str]] = {}
+    for name in names:
+        for tol in (tols or METHODS[name][1])[:: 3 if quick else 1]:
+            by_tol.setdefault(tol, []).append(name)
+    best: dict[tuple[str, float], float] = {}
+    answers: dict[tuple[str, float], tuple[np.ndarray, int]] = {}
+    for tol, group in by_tol.items():
         for _ in range(repeats):
-            start = time.perf_counter()
-            ys, nfe = runner(p, y0, t, tol)
-            best = min(best, time.perf_counter() - start)
-        points.append({"tol": tol, "error": _error(ys, ref), "nfe": nfe, "seconds": best})
-    return points
+            for name in group:
+                start = time.perf_counter()
+                answers[name, tol] = METHODS[name][0](p, y0, t, tol)
+                elapsed = time.perf_counter() - start
+                best[name, tol] = min(best.get((name, tol), math.inf), elapsed)
+    return {name: [{"tol": tol, "error": _error(answers[name, tol][0], ref), "nfe": answers[name, tol][1],
+                    "seconds": best[name, tol]} for tol in by_tol if (name, tol) in best] for name in names}
 
 
 def at_error(points: list[dict[str, float]], key: str, target: float) -> float | None:
@@ -151,17 +158,13 @@ def run(*, only: list[str] | None = None, quick: bool = False, batch: int = 256,
     record: dict[str, Any] = {"single": {}, "batched": {}, "batch": batch, "repeats": repeats, "quick": quick}
     for p in problems:
         y0, t = _initial(p, 1, seed), t_of[p.name]
-        ref = _reference(p, y0, t)
-        record["single"][p.name] = {}
-        for name, (_, tols) in METHODS.items():
-            record["single"][p.name][name] = _measure(p, name, y0, t, ref, 1 if quick else repeats,
-                                                      tols[::3] if quick else tols)
+        record["single"][p.name] = _measure(p, tuple(METHODS), y0, t, _reference(p, y0, t), 1 if quick else repeats,
+                                            quick)
         log(f"{p.name}: done")
     for p in (q for q in problems if q.name in BATCHED and not quick):
         y0, t = _initial(p, batch, seed), t_of[p.name]
-        ref = _reference(p, y0, t)
-        record["batched"][p.name] = {name: _measure(p, name, y0, t, ref, repeats + 1, TOLS[:7])
-                                     for name in BATCH_METHODS}
+        record["batched"][p.name] = _measure(p, BATCH_METHODS, y0, t, _reference(p, y0, t), repeats + 1,
+                                             tols=TOLS[:7])
         log(f"{p.name} batch {batch}: done")
     return record
 
