@@ -43,7 +43,7 @@ def test_checkpointed_equals_direct(adjoint, times, solver):
          "per-sample-reversed": torch.stack([torch.linspace(0.0, -2.0, 5, dtype=D) * (1 + i / 4) for i in range(4)])}
     ref, s_ref = _grads(DirectAdjoint(), net, x, t[times], solver)
     got, sol = _grads(adjoint, net, x, t[times], solver)
-    torch.testing.assert_close(sol.z, s_ref.z, rtol=1e-14, atol=1e-14)  # same forward solve
+    torch.testing.assert_close(sol.z, s_ref.z, rtol=1e-12, atol=1e-13)  # same steps; the two stage paths round apart
     for a, b in zip(ref, got, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)  # the same gradient, up to round-off
     assert sol.backward.ran and sol.backward.nfe >= s_ref.nfe - 1

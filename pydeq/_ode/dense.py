@@ -49,10 +49,18 @@ class OutputRecorder:
     def __init__(self, tab: ButcherTableau, s: Tensor, like: Tensor, start: Tensor):
         self.tab, self.s = tab, s
         self.ys = like.new_zeros((like.shape[0], s.shape[1], *like.shape[1:]))
-        self.next = torch.searchsorted(s, start[:, None].contiguous(), right=True).squeeze(1)
         self.rows = torch.arange(like.shape[0], device=like.device)
+        self._advance(torch.searchsorted(s, start[:, None].contiguous(), right=True).squeeze(1))
+
+    def _advance(self, nxt: Tensor) -> None:
+        """Next output index per sample, and its time (``inf`` once every output is written)."""
+        self.next = nxt
+        pending = self.s.gather(1, nxt.clamp_max(self.s.shape[1] - 1)[:, None]).squeeze(1)
+        self.due_at = torch.where(nxt < self.s.shape[1], pending, torch.full_like(pending, torch.inf))
 
     def __call__(self, rec: StepRecord) -> None:
+        if not bool((rec.accept & (rec.s_next >= self.due_at)).any()):  # most steps pass no output time
+            return
         upto = torch.searchsorted(self.s, rec.s_next[:, None].contiguous(), right=True).squeeze(1)
         upto = torch.where(rec.accept, torch.maximum(upto, self.next), self.next)
         count = int((upto - self.next).max())
@@ -68,4 +76,4 @@ class OutputRecorder:
             value = torch.where(at_end, rec.u_next, value)
             old = self.ys[self.rows, col]
             self.ys[self.rows, col] = torch.where(per_sample(write, value), value, old)
-        self.next = upto
+        self._advance(upto)

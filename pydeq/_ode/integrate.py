@@ -103,13 +103,13 @@ def _finite(x: Tensor) -> Tensor:
 
 
 def _targets(solver: AbstractODESolver, s: Tensor, s0: Tensor, s1: Tensor, dt: Tensor, grid_k: Tensor,
-             stops: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+             stops: Tensor | None, slack: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(h, s_next, on_grid)``: the step each sample tries and where it lands if accepted.
 
     Adaptive steps are cut to land on ``s1``; fixed steps run on the grid ``s0 + k dt`` and are cut to land on
-    every stop (output time). Landing points are assigned exactly, so no sliver of a step is left over.
+    every stop (output time). Landing points are assigned exactly, so no sliver of a step is left over: a target
+    within ``slack`` (a few ulps of the clock) of the next one is snapped to it.
     """
-    slack = 64 * torch.finfo(s.dtype).eps * torch.maximum(s.abs(), _finite(s1).abs())
     if solver.adaptive:
         last = dt >= (s1 - s) - slack
         return torch.where(last, s1 - s, dt), torch.where(last, s1, s + dt), grid_k
@@ -155,10 +155,13 @@ def integrate(solver: AbstractODESolver, fn: VectorField, u0: Tensor, s0: Tensor
     status = torch.where(active, int(Status.MAX_STEPS), int(Status.SUCCESS)).to(torch.int64)
     accepted, rejected = torch.zeros_like(grid_k), torch.zeros_like(grid_k)
     hit_any = torch.zeros_like(active) if event is not None else None
+    scale = torch.maximum(s0.abs(), _finite(s1).abs())  # bounds |s| on the whole run (s0 <= s <= s1)
+    slack = 64 * eps * scale
+    floor = 16 * eps * torch.maximum(scale, _finite(s1 - s0))  # a rejected step below it is round-off: a blow-up
     for _ in range(max_steps):
         if not bool(active.any()):
             break
-        h, s_target, on_grid = _targets(solver, s, s0, s1, dt, grid_k, stops)
+        h, s_target, on_grid = _targets(solver, s, s0, s1, dt, grid_k, stops, slack)
         h = torch.where(active, h, torch.zeros_like(h))
         att = attempt_step(solver, counted, s, u, h, k1 if fsal else counted(s, u), prev_ratio, active)
         accept = att.accept
@@ -176,7 +179,7 @@ def integrate(solver: AbstractODESolver, fn: VectorField, u0: Tensor, s0: Tensor
             observe(rec)
         if solver.adaptive:
             dt = torch.where(active, att.dt_next, dt)
-            blown = active & ~accept & (dt <= 16 * eps * torch.maximum(s.abs(), _finite(s1 - s0).abs()))
+            blown = active & ~accept & (dt <= floor)
         else:
             grid_k = torch.where(accept, on_grid, grid_k)
             blown = active & ~accept

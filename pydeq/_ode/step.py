@@ -53,16 +53,17 @@ def rk_stages(tab: ButcherTableau, fn: VectorField, t: Tensor, u: Tensor, h: Ten
     if torch.is_grad_enabled() and (u.requires_grad or k1.requires_grad or h.requires_grad):
         return _rk_stages_terms(tab, fn, t, u, hb, h, k1)
     K = k1.new_empty((len(tab.c),) + k1.shape)
+    flat = K.view(K.shape[0], -1)  # (stages, batch * n): each combination is one vector-matrix product
     K[0] = k1
     u_stage = u
     for i, (ci, row) in enumerate(zip(tab.c[1:], tab.a, strict=True), start=1):
-        u_stage = torch.addcmul(u, hb, _combine_stages(row, K[:i]))
-        K[i] = fn(t + ci * h, u_stage)
+        u_stage = torch.addcmul(u, hb, _combine_stages(row, flat[:i], u))
+        K[i] = fn(torch.add(t, h, alpha=ci), u_stage)
     if tab.fsal:
         u_new, k_last = u_stage, K[-1]  # the last stage was taken at u_new = u + h * sum b_i k_i
     else:
-        u_new, k_last = torch.addcmul(u, hb, _combine_stages(tab.b, K)), None
-    err = None if tab.b_err is None else hb * _combine_stages(tab.b_err, K)
+        u_new, k_last = torch.addcmul(u, hb, _combine_stages(tab.b, flat, u)), None
+    err = None if tab.b_err is None else hb * _combine_stages(tab.b_err, flat, u)
     return RKStep(u_new=u_new, err=err, k_last=k_last, stages=K)
 
 
@@ -73,9 +74,9 @@ def rk_step(tab: ButcherTableau, fn: VectorField, t: Tensor, u: Tensor, h: Tenso
     return step.u_new, step.err, step.k_last
 
 
-def _combine_stages(weights: tuple[float, ...], K: Tensor) -> Tensor:
-    """``sum_j weights[j] * K[j]`` for stage-major ``K: (stages, batch, *state)``, as one product."""
-    return (_weights(weights, K.dtype, K.device) @ K.reshape(K.shape[0], -1)).reshape(K.shape[1:])
+def _combine_stages(weights: tuple[float, ...], flat: Tensor, like: Tensor) -> Tensor:
+    """``sum_j weights[j] * K[j]`` for flattened stages ``flat: (stages, batch * n)``, shaped like ``like``."""
+    return (_weights(weights, flat.dtype, flat.device) @ flat).view(like.shape)
 
 
 @functools.lru_cache(maxsize=256)

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .detest import BATCH_METHODS, CLASSES, PEER, TARGETS, at_error
+from .detest import BATCH_METHODS, BATCH_TARGET, CLASSES, PEER, TARGETS, at_error
 from .detest_problems import PROBLEMS
 
 __all__ = ["class_ratios", "tables", "plot_classes"]
@@ -57,15 +57,17 @@ def tables(record: dict[str, Any]) -> str:
             lines.append(f"| {klass} ({CLASSES[klass]}) | " + " | ".join(_cell(row[m]) for m in methods) + " |")
         lines.append("")
     if record["batched"]:
-        lines += [f"Wall time at matched error 1e-6, batch {record['batch']} (ms; each sample's own clock in pydeq, "
-                  "one system of the whole batch in torchdiffeq and scipy)", "",
-                  "| problem | " + " | ".join(BATCH_METHODS) + f" | pydeq Tsit5 / {PEER} |",
+        lines += [f"Batch {record['batch']}, at matched error {BATCH_TARGET:g}: wall time in ms (NFE), each sample on "
+                  "its own clock in pydeq, the whole batch one system in torchdiffeq and scipy", "",
+                  "| problem | " + " | ".join(BATCH_METHODS) + f" | time pydeq Tsit5 / {PEER} |",
                   "|---" * (len(BATCH_METHODS) + 2) + "|"]
         for name, by_method in record["batched"].items():
-            ms = {m: at_error(by_method[m], "seconds", 1e-6) for m in BATCH_METHODS}
+            ms = {m: at_error(by_method[m], "seconds", BATCH_TARGET) for m in BATCH_METHODS}
+            nfe = {m: at_error(by_method[m], "nfe", BATCH_TARGET) for m in BATCH_METHODS}
             ratio = ms["pydeq Tsit5"] / ms[PEER] if ms["pydeq Tsit5"] and ms[PEER] else None
-            lines.append(f"| {name} | " + " | ".join(_cell(None if v is None else 1e3 * v, "{:.1f}") for v in
-                                                     ms.values()) + f" | {_cell(ratio)} |")
+            cells = [f"{_cell(None if ms[m] is None else 1e3 * ms[m], '{:.0f}')} ({_cell(nfe[m], '{:.0f}')})"
+                     for m in BATCH_METHODS]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell(ratio)} |")
         lines.append("")
     return "\n".join(lines)
 
