@@ -75,6 +75,7 @@ def tables(record: dict[str, Any]) -> str:
 def plot_classes(record: dict[str, Any], out_dir: Path) -> list[Path]:
     """One PNG per class: error against NFE, log–log, one panel per problem, one line per method."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     paths = []
     for klass, label in CLASSES.items():
@@ -88,6 +89,7 @@ def plot_classes(record: dict[str, Any], out_dir: Path) -> list[Path]:
                 style = "-" if method.startswith("pydeq") else "--" if method.startswith("torchdiffeq") else ":"
                 ax.loglog([q["nfe"] for q in points], [max(q["error"], 1e-16) for q in points], style, marker="o",
                           markersize=2.5, color=f"C{i}", label=method)
+            ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: the minor ones overlap
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("NFE", fontsize=8)
             ax.grid(alpha=0.3, which="both")
