@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._batched import batch_norm, combine, project, write_slot
+from .._batched import combine, project, write_slot
 from .._checks import check_int
-from .._norms import Norm, rms_norm
+from .._norms import Norm, l2_norm, rms_norm
 from ._base import AbstractRootFinder, Stagnation, check_stop_fields
 from ._line_search import backtrack
 
@@ -102,7 +102,7 @@ class Broyden(AbstractRootFinder):
         Hy = H.apply(y)
         sH = H.apply_transpose(s)
         denom = (s * Hy).sum(1)
-        ok = active & (denom.abs() > torch.finfo(denom.dtype).eps * batch_norm(s) * batch_norm(Hy))
+        ok = active & (denom.abs() > torch.finfo(denom.dtype).eps * l2_norm(s) * l2_norm(Hy))
         safe = torch.where(ok, denom, torch.ones_like(denom))
         u = torch.where(ok[:, None], (s - Hy) / safe[:, None], torch.zeros_like(s))
         v = torch.where(ok[:, None], sH, torch.zeros_like(s))
