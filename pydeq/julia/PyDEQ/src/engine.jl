@@ -161,7 +161,11 @@ Solve for the equilibrium of the model behind `handle` and write it into `z_out`
 
 ## Returns
 
-The number of function evaluations the solve used.
+`(; nfe, success, retcode)`: the function evaluations the solve used, whether it met its
+stopping rule (`SciMLBase.successful_retcode`) and the solver's return code as a `Symbol`.
+The rule is the batch's, not each sample's: the solve stops once
+`maximum_b ‖r_b‖ ≤ abstol` or `maximum_b ‖r_b‖ ≤ reltol · maximum_b ‖r_b + z_b‖`
+([`batch_max_norm`](@ref), `r = f(z, x) - z`), so `success` is one verdict for the batch.
 """
 function forward!(
     z_out::AbstractArray,
@@ -177,7 +181,12 @@ function forward!(
     z, solution = solve_from(e, z0, x, ps)
     copyto!(z_out, z)
     batch_norms!(residual_out, solution.residual)
-    return solution.nfe + nfe0
+    retcode = solution.original.retcode
+    return (;
+        nfe = solution.nfe + nfe0,
+        success = SciMLBase.successful_retcode(retcode),
+        retcode = Symbol(retcode),
+    )
 end
 
 """
@@ -212,8 +221,25 @@ function vjp!(
         return first(solve_from(e, z_star, x, materialize(e.slots, θ)))
     end
     _, back = Zygote.pullback(solve_from_answer, x, θ)
-    gx, gθ = back(gz)
-    gx === nothing ? fill!(gx_out, false) : copyto!(gx_out, gx)
-    gθ === nothing ? fill!(gθ_out, false) : copyto!(gθ_out, gθ)
+    gx, gθ = pullback_gradients(back(gz), 2)
+    copy_gradient!(gx_out, gx)
+    copy_gradient!(gθ_out, gθ)
     return nothing
 end
+
+"""
+    pullback_gradients(grads, n)
+
+The `n` gradients a Zygote pullback returned: `grads` itself, or `n` `nothing`s when the
+pullback returned `nothing` (Zygote's answer when no argument received a gradient).
+"""
+pullback_gradients(grads::Tuple, n::Integer) = grads
+pullback_gradients(::Nothing, n::Integer) = ntuple(Returns(nothing), n)
+
+"""
+    copy_gradient!(out, g)
+
+Write the gradient `g` into `out`; `nothing` (no gradient reached that argument) writes zeros.
+"""
+copy_gradient!(out::AbstractArray, g) = copyto!(out, g)
+copy_gradient!(out::AbstractArray, ::Nothing) = fill!(out, false)

@@ -83,8 +83,11 @@ end
 """
     batch_max_norm(u)
 
-Largest per-sample Euclidean norm of `u`: the termination norm, so that one batch stops when
-its worst sample meets `‖f(z) - z‖ ≤ abstol` or `≤ reltol ‖f(z)‖`, as in pydeq's own solvers.
+Largest per-sample Euclidean norm of `u`, the termination norm. NonlinearSolve's
+`NormTerminationMode` applies it to the residual `r = f(z) - z` and to `r + z = f(z)`, so the
+whole batch stops once `maximum_b ‖r_b‖ ≤ abstol` or
+`maximum_b ‖r_b‖ ≤ reltol · maximum_b ‖f(z_b)‖`: one verdict for the batch, where pydeq's
+native solvers judge and stop each sample on its own.
 """
 function batch_max_norm(u::AbstractArray)
     flat = reshape(u, :, size(u, ndims(u)))

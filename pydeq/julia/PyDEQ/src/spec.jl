@@ -96,6 +96,11 @@ block(d) = lookup(BLOCKS, d["type"], "block type")(d)
 
 Keyword arguments forwarded by the DEQ layer to `solve`: tolerances, the termination norm,
 and a `SteadyStateAdjoint` whose linear solve uses the spec's adjoint tolerances.
+
+The adjoint's linear solver is named (Krylov.jl's GMRES): left unset, SciMLSensitivity builds
+a dense Jacobian for states of at most 50 entries (the whole `(state..., batch)` array) and
+solves it with LinearSolve's default direct method, which ignores `linsolve_kwargs`. Named,
+the matrix-free operator is used at every size, so the tolerances always apply.
 """
 function solve_kwargs(spec)
     adj = spec["adjoint"]
@@ -107,7 +112,11 @@ function solve_kwargs(spec)
         abstol = Float64(spec["abstol"]), reltol = Float64(spec["reltol"]),
         maxiters = Int(spec["maxiters"]),
         termination_condition = NormTerminationMode(batch_max_norm),
-        sensealg = SteadyStateAdjoint(; autojacvec = ZygoteVJP(), linsolve_kwargs),
+        sensealg = SteadyStateAdjoint(;
+            autojacvec = ZygoteVJP(),
+            linsolve = KrylovJL_GMRES(),
+            linsolve_kwargs,
+        ),
     )
 end
 
