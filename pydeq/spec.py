@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_policy
+
 __all__ = [
     "AbstractBlock", "Dense", "Conv2d", "Tanh", "ReLU", "Sigmoid", "Softplus", "Identity", "Chain", "Injection",
     "DEQ", "SkipDEQ", "SkipRegDEQ", "SpecModel", "build", "dense_weight_to_julia", "conv_weight_to_julia",
@@ -368,16 +370,23 @@ class SpecModel(nn.Module):
     ``forward(x) -> z*`` with ``x: (batch, *x_shape)`` and ``z*: (batch, *state_shape)``;
     ``return_solution=True`` returns the :class:`~pydeq.Solution` instead. The backend can be switched at any
     time (``model.backend = "julia"``); parameters and ``state_dict`` keys are the same for both.
+
+    ``on_failure`` (``"warn"``, ``"raise"`` or ``"return"``) is applied alike on both engines, as
+    :func:`pydeq.fixed_point` applies it. Which samples fail differs: the native solvers judge each sample
+    on its own, while a Julia solve stops batch-wide (on the worst sample) and reports that one verdict for
+    every sample (see :func:`pydeq.julia._op.julia_status`).
     """
 
-    def __init__(self, spec: DEQ, *, backend: str | None = None):
+    def __init__(self, spec: DEQ, *, backend: str | None = None, on_failure: str = "warn"):
         super().__init__()
         if type(spec) not in _KINDS:
             raise TypeError(f"spec must be spec.DEQ, spec.SkipDEQ or spec.SkipRegDEQ; got {type(spec).__name__}")
+        check_policy(on_failure)
         self.spec = spec
         self.f = spec.f.module()
         self.init = spec.init.module() if isinstance(spec, SkipDEQ) else None
         self.backend = backend
+        self.on_failure = on_failure
 
     @property
     def backend(self) -> str:
@@ -406,20 +415,24 @@ class SpecModel(nn.Module):
 
     def forward(self, x: Tensor, return_solution: bool = False) -> Any:
         if self.backend == "julia":
+            from .fixed_point import report_failures
             from .julia._op import julia_fixed_point
 
             solution = julia_fixed_point(self, x)
+            what = f"Julia solve (stops batch-wide; retcode {solution.extras['julia_retcode']})"
+            report_failures(solution, self.on_failure, what=what)
         else:
             from .fixed_point import fixed_point
 
             solution = fixed_point(self.f, x, self.initial_state(x), solver=self.spec.solver,
-                                   adjoint=self.spec.adjoint)
+                                   adjoint=self.spec.adjoint, on_failure=self.on_failure)
         return solution if return_solution else solution.z
 
 
-def build(spec: DEQ, *, backend: str | None = None) -> SpecModel:
-    """Build the torch module for ``spec``; ``backend`` ``"torch"`` (default, or ``$PYDEQ_BACKEND``) or ``"julia"``."""
-    return SpecModel(spec, backend=backend)
+def build(spec: DEQ, *, backend: str | None = None, on_failure: str = "warn") -> SpecModel:
+    """Build the torch module for ``spec``; ``backend`` ``"torch"`` (default, or ``$PYDEQ_BACKEND``) or ``"julia"``;
+    ``on_failure`` as for :func:`pydeq.fixed_point`, on either engine."""
+    return SpecModel(spec, backend=backend, on_failure=on_failure)
 
 
 def _julia_tree(model: SpecModel) -> tuple[dict, list[Tensor]]:
