@@ -1,10 +1,10 @@
 """Declarative model specs: one description builds a torch module and the identical Lux model.
 
-A spec is a small tree of building blocks (:class:`Dense`, :class:`Conv2d`, activations, :class:`Chain`,
-:class:`Injection`) inside a model (:class:`DEQ`, :class:`SkipDEQ`, :class:`SkipRegDEQ`; a continuous DEQ is
-``DEQ(f, solver=SteadyState(Tsit5()))``). :func:`build` turns it into a :class:`SpecModel`, an
-``nn.Module`` that owns the parameters (``state_dict`` and pickling never need Julia) and runs on the
-native engine or, with ``backend="julia"``, on DeepEquilibriumNetworks.jl.
+A spec is a small tree of building blocks (:class:`Dense`, :class:`Conv2d`, :class:`GroupNorm`, activations,
+:class:`Chain`, :class:`Injection`, :class:`Residual`) inside a model (:class:`DEQ`, :class:`SkipDEQ`,
+:class:`SkipRegDEQ`; a continuous DEQ is ``DEQ(f, solver=SteadyState(Tsit5()))``). :func:`build` turns it into a
+:class:`SpecModel`, an ``nn.Module`` that owns the parameters (``state_dict`` and pickling never need Julia) and
+runs on the native engine or, with ``backend="julia"``, on DeepEquilibriumNetworks.jl.
 
 Weight layout (torch row-major -> Julia column-major). A row-major buffer read column-major has its
 dimensions reversed, so inputs and states cross as they are: torch ``(batch, features)`` is Lux
@@ -16,7 +16,8 @@ dimensions reversed, so inputs and states cross as they are: torch ``(batch, fea
   layout; torch cross-correlates while Lux ``Conv`` (default ``cross_correlation=false``) convolves, so the
   kernel is **flipped** in both spatial dimensions (:func:`conv_weight_to_julia`); kernel size, stride and
   padding are written as ``(w, h)``.
-* biases are vectors in both.
+* biases are vectors in both; so are ``nn.GroupNorm``'s ``weight`` and ``bias`` (Lux ``GroupNorm``'s ``scale`` and
+  ``bias``), and both normalise each sample over contiguous groups of channels and all spatial positions.
 
 The flat parameter vector is every block's arrays in spec order (f before init, layers in order, ``z``
 before ``x`` in an injection, weight before bias), each column-major; the JSON records each array's
@@ -37,7 +38,8 @@ from torch import Tensor, nn
 from ._checks import check_policy
 
 __all__ = [
-    "AbstractBlock", "Dense", "Conv2d", "Tanh", "ReLU", "Sigmoid", "Softplus", "Identity", "Chain", "Injection",
+    "AbstractBlock", "Dense", "Conv2d", "GroupNorm", "Tanh", "ReLU", "Sigmoid", "Softplus", "Identity", "Chain",
+    "Injection", "Residual",
     "DEQ", "SkipDEQ", "SkipRegDEQ", "SpecModel", "build", "dense_weight_to_julia", "conv_weight_to_julia",
     "julia_spec", "julia_parameters", "BACKENDS", "BACKEND_ENV",
 ]
@@ -148,6 +150,40 @@ class Conv2d(AbstractBlock):
         (kh, kw), (sh, sw), (ph, pw) = _pair(self.kernel_size), _pair(self.stride), _pair(self.padding)
         node = {"type": "Conv", "in": self.in_channels, "out": self.out_channels, "kernel": [kw, kh],
                 "stride": [sw, sh], "pad": [pw, ph], "bias": self.bias, "params": slots}
+        return node, flats
+
+
+@dataclass(frozen=True)
+class GroupNorm(AbstractBlock):
+    """Group normalisation with a per-channel scale and shift (``nn.GroupNorm`` / Lux ``GroupNorm``) on
+    ``(batch, channels, ...)``: each sample is normalised over ``channels // groups`` contiguous channels and
+    every position, with ``eps`` added to the variance."""
+
+    groups: int
+    channels: int
+    _: KW_ONLY
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.groups < 1 or self.channels % self.groups:
+            raise ValueError(f"GroupNorm needs groups >= 1 dividing channels; got groups={self.groups}, "
+                             f"channels={self.channels}. Pick groups among the divisors of {self.channels}.")
+
+    def module(self) -> nn.Module:
+        return nn.GroupNorm(self.groups, self.channels, eps=self.eps)
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) < 2 or shape[0] != self.channels:
+            raise ValueError(f"GroupNorm({self.groups}, {self.channels}) needs per-sample shape ({self.channels}, "
+                             f"H, ...); got {shape}")
+        return tuple(shape)
+
+    def julia(self, module: nn.Module, offset: int) -> tuple[dict, list[Tensor]]:
+        # Lux's parameter order: scale, then bias
+        slots, flats = _params([("scale", module.weight, [self.channels]), ("bias", module.bias, [self.channels])],
+                               offset)
+        node = {"type": "GroupNorm", "channels": self.channels, "groups": self.groups, "epsilon": self.eps,
+                "params": slots}
         return node, flats
 
 
@@ -278,12 +314,42 @@ class Injection(AbstractBlock):
         return {"type": "Injection", "z": znode, "x": xnode}, zf + xf
 
 
-def _check_f(f: Any) -> None:
+class _ResidualModule(nn.Module):
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, z: Tensor, x: Tensor) -> Tensor:
+        return self.block(z, x) + z
+
+
+@dataclass(frozen=True)
+class Residual(AbstractBlock):
+    """``f(z, x) = block(z, x) + z``: a residual connection around a block that takes ``(z, x)`` (one that starts
+    with an :class:`Injection`); Lux ``SkipConnection(block, (out, (z, x)) -> out + z)``. It must come first in f."""
+
+    block: AbstractBlock
+
+    def __post_init__(self) -> None:
+        _check_f(self.block, what="Residual's block")
+
+    def module(self) -> nn.Module:
+        return _ResidualModule(self.block.module())
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.block.out_shape(shape)
+
+    def julia(self, module: nn.Module, offset: int) -> tuple[dict, list[Tensor]]:
+        node, flats = self.block.julia(module.block, offset)
+        return {"type": "Residual", "block": node}, flats  # Lux's SkipConnection has its block's parameters
+
+
+def _check_f(f: Any, what: str = "f") -> None:
     first = f.layers[0] if isinstance(f, Chain) else f
-    if not isinstance(first, Injection):
+    if not isinstance(first, Injection | Residual):
         raise TypeError(
-            f"f must be an Injection or a Chain that starts with one, so that it takes (z, x); got {f!r}. "
-            "Example: Chain(Injection(z=Dense(8, 8), x=Dense(4, 8)), Tanh())."
+            f"{what} must be an Injection, a Residual or a Chain that starts with one, so that it takes (z, x); "
+            f"got {f!r}. Example: Chain(Injection(z=Dense(8, 8), x=Dense(4, 8)), Tanh())."
         )
 
 

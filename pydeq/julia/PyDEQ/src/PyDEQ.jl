@@ -11,7 +11,7 @@ module PyDEQ
 using DeepEquilibriumNetworks: DeepEquilibriumNetwork, SkipDeepEquilibriumNetwork
 using DLPack: DLPack
 using JSON: JSON
-using Lux: Chain, Conv, Dense, Parallel, WrappedFunction
+using Lux: Chain, Conv, Dense, GroupNorm, Parallel, SkipConnection, WrappedFunction
 using LuxCore: LuxCore, AbstractLuxLayer
 using NNlib: NNlib
 using NonlinearSolve:

@@ -53,6 +53,24 @@ function activation_block(d)
     return WrappedFunction(Base.Fix1(broadcast, σ)), NamedTuple()
 end
 
+function group_norm_block(d)
+    layer = GroupNorm(Int(d["channels"]), Int(d["groups"]); epsilon = Float64(d["epsilon"]))
+    return layer, slots_of(d)
+end
+
+"""
+    add_state(out, zx)
+
+The connection of a residual block: `out + z`, where the block received the tuple `(z, x)`.
+"""
+add_state(out, zx::Tuple) = out .+ first(zx)
+
+function residual_block(d)
+    inner, slots = block(d["block"])
+    # a SkipConnection whose connection is a function has exactly its block's parameters
+    return SkipConnection(inner, add_state), slots
+end
+
 layer_names(n) = ntuple(i -> Symbol(:layer_, i), n)
 
 function chain_block(d)
@@ -70,9 +88,11 @@ end
 const BLOCKS = Dict{String, Function}(
     "Dense" => dense_block,
     "Conv" => conv_block,
+    "GroupNorm" => group_norm_block,
     "Activation" => activation_block,
     "Chain" => chain_block,
     "Injection" => injection_block,
+    "Residual" => residual_block,
 )
 
 """
@@ -82,8 +102,8 @@ Translate one building block of the spec into a Lux layer.
 
 ## Arguments
 
-  - `d`: a dictionary with a `"type"` entry (`Dense`, `Conv`, `Activation`, `Chain`,
-    `Injection`) and that block's fields.
+  - `d`: a dictionary with a `"type"` entry (`Dense`, `Conv`, `GroupNorm`, `Activation`,
+    `Chain`, `Injection`, `Residual`) and that block's fields.
 
 ## Returns
 

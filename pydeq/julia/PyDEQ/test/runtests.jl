@@ -41,6 +41,31 @@ function batch_rule(r, z, tol)
     return worst ≤ tol || worst ≤ tol * maximum(norm.(eachcol(r .+ z)))
 end
 
+# f(z, x) = GN3(relu(z + GN2(conv2(relu(GN1(conv1(z)))) + x))), the bench's residual conv cell, on
+# `c` channels in `groups` groups (Residual, GroupNorm and Conv blocks; parameters in spec order)
+function residual_conv_spec(c, groups; solver = "Broyden")
+    conv(o) = """{"type": "Conv", "in": $c, "out": $c, "kernel": [3, 3], "stride": [1, 1],
+        "pad": [1, 1], "bias": false, "params": [{"name": "weight", "offset": $o,
+        "dims": [3, 3, $c, $c]}]}"""
+    gn(o) = """{"type": "GroupNorm", "channels": $c, "groups": $groups, "epsilon": 1e-5,
+        "params": [{"name": "scale", "offset": $o, "dims": [$c]},
+                   {"name": "bias", "offset": $(o + c), "dims": [$c]}]}"""
+    k = 9 * c * c
+    relu = """{"type": "Activation", "function": "relu"}"""
+    inner = """{"type": "Chain", "layers": [$(conv(0)), $(gn(k)), $relu, $(conv(k + 2c))]}"""
+    injection = """{"type": "Injection", "z": $inner,
+        "x": {"type": "Activation", "function": "identity"}}"""
+    residual = """{"type": "Residual", "block": {"type": "Chain",
+        "layers": [$injection, $(gn(2k + 2c))]}}"""
+    return """
+    {"format": 1, "kind": "DEQ", "num_parameters": $(2k + 6c),
+     "f": {"type": "Chain", "layers": [$residual, $relu, $(gn(2k + 4c))]},
+     "init": null, "solver": {"name": "$solver"},
+     "abstol": 1e-6, "reltol": 1e-6, "maxiters": 30,
+     "adjoint": {"abstol": 1e-8, "reltol": 1e-8, "maxiters": 50}}
+    """
+end
+
 # An owner with a finalizer that records its collection, reshaped as DLPack's flat arrays are:
 # on Julia ≥ 1.11 the reshaped array alone would not keep the owner reachable
 function hold_wrapped!(holder, collected)
@@ -129,6 +154,23 @@ held_size(holder) = size(only(holder))
         z = zeros(n, batch)
         forward!(z, zeros(batch), h, xs, θs)
         @test z ≈ (I - W) \ (Ux * xs .+ b) atol = 1.0e-9
+        release(h)
+    end
+
+    @testset "residual conv cell with group norms: layout and residual agree with Lux" begin
+        c, groups, batch = 4, 2, 2
+        spec = residual_conv_spec(c, groups)
+        h = build(spec) # check_layout accepts the Residual/GroupNorm slots
+        θc = 0.1 .* randn(rng, 18 * c * c + 6 * c)
+        xc = randn(rng, 5, 4, c, batch) # WHCN
+        z, r = zeros(5, 4, c, batch), zeros(batch)
+        stats = forward!(z, r, h, xc, θc)
+        model, slots = PyDEQ.model_from_spec(spec)
+        _, st = PyDEQ.LuxCore.setup(Xoshiro(0), model)
+        ps = PyDEQ.materialize(slots, θc)
+        fz = first(model.model((z, xc), ps.model, st.model))
+        @test r ≈ norm.(eachslice(fz - z; dims = 4)) rtol = 1.0e-6
+        @test stats.nfe > 0
         release(h)
     end
 
