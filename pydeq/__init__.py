@@ -14,9 +14,11 @@ from ._adjoint import (
     UnrolledAdjoint,
 )
 from ._linear import GMRES, AbstractLinearSolver, Direct, Neumann
+from ._norms import l2_norm, max_norm, rms_norm
 from ._ode import (
     BS3,
     RK4,
+    VCAB3,
     AbstractODEAdjoint,
     AbstractODESolver,
     BacksolveAdjoint,
@@ -24,11 +26,20 @@ from ._ode import (
     Dopri5,
     Euler,
     PIController,
+    ResidualEuler,
     SteadyState,
     Tsit5,
     odeint,
 )
-from ._root import AbstractRootFinder, Anderson, Broyden, BroydenFactors, FixedPointIteration, NewtonKrylov
+from ._root import (
+    AbstractRootFinder,
+    Anderson,
+    Broyden,
+    BroydenFactors,
+    FixedPointIteration,
+    NewtonKrylov,
+    Stagnation,
+)
 from ._solution import BackwardStats, ConvergenceError, ConvergenceWarning, NonFiniteError, Solution, Status
 from .fixed_point import fixed_point
 from .nn import (
@@ -55,10 +66,13 @@ __all__ = [
     # functional API and records
     "fixed_point", "odeint", "Solution", "Status", "BackwardStats", "ConvergenceError", "ConvergenceWarning",
     "NonFiniteError", "jacobian_frobenius",
+    # per-sample norms for tolerances
+    "rms_norm", "max_norm", "l2_norm",
     # root finders and steady state
     "AbstractRootFinder", "FixedPointIteration", "Anderson", "Broyden", "BroydenFactors", "NewtonKrylov", "SteadyState",
+    "ResidualEuler", "Stagnation",
     # ODE integrators
-    "AbstractODESolver", "Tsit5", "Dopri5", "BS3", "Euler", "RK4", "PIController",
+    "AbstractODESolver", "Tsit5", "Dopri5", "BS3", "VCAB3", "Euler", "RK4", "PIController",
     # adjoints and linear solvers
     "AbstractAdjoint", "ImplicitAdjoint", "BroydenReuseAdjoint", "JacobianFreeAdjoint", "PhantomAdjoint",
     "UnrolledAdjoint", "AbstractODEAdjoint", "DirectAdjoint", "BacksolveAdjoint", "AbstractLinearSolver", "GMRES",

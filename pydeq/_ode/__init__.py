@@ -3,10 +3,12 @@
 from .adjoint import AbstractODEAdjoint, BacksolveAdjoint, DirectAdjoint
 from .controller import PIController
 from .odeint import odeint
+from .residual_euler import ResidualEuler
 from .solvers import BS3, RK4, AbstractODESolver, Dopri5, Euler, Tsit5
 from .steady_state import SteadyState
+from .vcab3 import VCAB3
 
 __all__ = [
     "AbstractODEAdjoint", "AbstractODESolver", "BS3", "BacksolveAdjoint", "DirectAdjoint", "Dopri5", "Euler",
-    "PIController", "RK4", "SteadyState", "Tsit5", "odeint",
+    "PIController", "RK4", "ResidualEuler", "SteadyState", "Tsit5", "VCAB3", "odeint",
 ]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .._batched import freeze
+from .._norms import Norm, rms_norm
 from .._solution import Status
 from .solvers import AbstractODESolver
 from .tableau import ButcherTableau
@@ -87,24 +88,20 @@ def _rk_step_terms(tab: ButcherTableau, fn: VectorField, t: Tensor, u: Tensor, h
     return u_new, err, k_last
 
 
-def _rms(v: Tensor) -> Tensor:
-    return v.reshape(v.shape[0], -1).pow(2).mean(dim=1).sqrt()
-
-
-def error_ratio(err: Tensor, u: Tensor, u_new: Tensor, rtol: float, atol: float) -> Tensor:
-    """``(batch,)`` RMS over each sample's state of ``err / (atol + rtol * max(|u|, |u_new|))``; accept if <= 1."""
+def error_ratio(err: Tensor, u: Tensor, u_new: Tensor, rtol: float, atol: float, norm: Norm = rms_norm) -> Tensor:
+    """``(batch,)`` ``norm`` (RMS by default) of ``err / (atol + rtol * max(|u|, |u_new|))``; accept if <= 1."""
     scale = atol + rtol * torch.maximum(u.abs(), u_new.abs())
-    return _rms(err / scale)
+    return norm(err / scale)
 
 
 @torch.no_grad()
 def initial_dt(fn: VectorField, t: Tensor, u: Tensor, f0: Tensor, order: int, rtol: float, atol: float) -> Tensor:
     """Per-sample first step (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4); one extra call of F."""
     scale = atol + rtol * u.abs()
-    d0, d1 = _rms(u / scale), _rms(f0 / scale)
+    d0, d1 = rms_norm(u / scale), rms_norm(f0 / scale)
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-30))
     f1 = fn(t + h0, u + _per_sample(h0, u) * f0)
-    d2 = _rms((f1 - f0) / scale) / h0
+    d2 = rms_norm((f1 - f0) / scale) / h0
     dmax = torch.maximum(d1, d2)
     h1 = torch.where(dmax <= 1e-15, torch.clamp_min(h0 * 1e-3, 1e-6),
                      (0.01 / dmax.clamp_min(1e-30)).pow(1.0 / (order + 1)))
