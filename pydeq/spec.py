@@ -401,10 +401,22 @@ JULIA_DEFAULT_TOLERANCES = {"rtol": 1e-4, "atol": 1e-6, "max_steps": 50}
 JULIA_DEFAULT_ADJOINT = {"rtol": 1e-6, "atol": 1e-8, "max_steps": 100}
 
 
+def _julia_norm(norm: Any) -> str:
+    """The Julia name of a solver's per-sample norm; Julia's termination test takes its maximum over the batch."""
+    from ._norms import l2_norm, max_norm, rms_norm
+
+    names = {rms_norm: "rms", max_norm: "max", l2_norm: "l2"}
+    if norm not in names:
+        raise ValueError(f"the Julia engine knows the norms pydeq.rms_norm, pydeq.max_norm and pydeq.l2_norm; got "
+                         f"{norm!r}. Use one of them, or backend='torch' for a custom norm.")
+    return names[norm]
+
+
 def _julia_solver(solver: Any) -> dict:
     if solver is None:
         tol = JULIA_DEFAULT_TOLERANCES
-        return {"name": "Broyden", "reltol": tol["rtol"], "abstol": tol["atol"], "maxiters": tol["max_steps"]}
+        return {"name": "Broyden", "reltol": tol["rtol"], "abstol": tol["atol"], "maxiters": tol["max_steps"],
+                "norm": "rms"}
     kind = type(solver).__name__
     if kind == "SteadyState":
         method = type(solver.method).__name__
@@ -417,7 +429,8 @@ def _julia_solver(solver: Any) -> dict:
     else:
         raise ValueError(f"the Julia engine has no counterpart of {kind}; use Broyden(...), NewtonKrylov(...) or "
                          "SteadyState(Tsit5() / Dopri5() / BS3()), or backend='torch'")
-    return {"name": name, "reltol": float(solver.rtol), "abstol": float(solver.atol), "maxiters": int(solver.max_steps)}
+    return {"name": name, "reltol": float(solver.rtol), "abstol": float(solver.atol), "maxiters": int(solver.max_steps),
+            "norm": _julia_norm(solver.norm)}
 
 
 def _julia_adjoint(adjoint: Any) -> dict:
@@ -511,7 +524,7 @@ def _julia_tree(model: SpecModel) -> tuple[dict, list[Tensor]]:
     solver = _julia_solver(spec.solver)
     tree = {"format": FORMAT, "kind": _KINDS[type(spec)], "f": f_node, "init": init_node,
             "solver": {"name": solver["name"]}, "num_parameters": sum(t.numel() for t in flats)}
-    tree.update(abstol=solver["abstol"], reltol=solver["reltol"], maxiters=solver["maxiters"],
+    tree.update(abstol=solver["abstol"], reltol=solver["reltol"], maxiters=solver["maxiters"], norm=solver["norm"],
                 adjoint=_julia_adjoint(spec.adjoint))
     return tree, flats
 

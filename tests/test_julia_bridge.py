@@ -15,13 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from pydeq import Broyden, ConvergenceError, ConvergenceWarning, NonFiniteError, Status, spec
+from pydeq import Broyden, ConvergenceError, ConvergenceWarning, NonFiniteError, Status, l2_norm, spec
 from pydeq.julia import _runtime
 
 
 def _read(t: torch.Tensor, shape) -> np.ndarray:
     """What Julia's ``reshape(from_dlpack(t), reverse(shape))`` sees."""
     return np.reshape(t.numpy(), tuple(reversed(tuple(shape))), order="F")
+
+
+def _norms(tree: dict, V: np.ndarray) -> np.ndarray:
+    """The spec's per-sample norm of each column (sample) of ``V``, as PyDEQ's ``sample_norms!``."""
+    l2 = np.linalg.norm(V, axis=0)
+    return {"l2": l2, "rms": l2 / np.sqrt(V.shape[0]), "max": np.abs(V).max(axis=0)}[tree["norm"]]
 
 
 def _write(dest: torch.Tensor, value: np.ndarray) -> None:
@@ -66,7 +72,7 @@ class FakeJulia:
         X = _read(x, xshape)
         Z, nfe, success, retcode = self._solve(self.models[handle], W, U @ X + b)
         _write(z, Z)
-        residual.numpy()[:] = np.linalg.norm(W @ Z + U @ X + b - Z, axis=0)
+        residual.numpy()[:] = _norms(self.models[handle], W @ Z + U @ X + b - Z)
         return nfe, success, retcode
 
     def _solve(self, tree, W, inj):
@@ -91,15 +97,15 @@ class FakeJulia:
 
 class RuleJulia(FakeJulia):
     """Iterates ``z <- W z + U x + b`` from zeros and stops as Julia does: on the batch's worst sample,
-    ``max_b ||r_b|| <= abstol`` or ``max_b ||r_b|| <= reltol * max_b ||r_b + z_b||`` (NormTerminationMode with
-    PyDEQ's ``batch_max_norm``), else after ``maxiters`` steps with retcode ``MaxIters``."""
+    ``max_b norm(r_b) <= abstol`` or ``max_b norm(r_b) <= reltol * max_b norm(r_b + z_b)`` (NormTerminationMode
+    with PyDEQ's ``BatchMax`` of the spec's norm), else after ``maxiters`` steps with retcode ``MaxIters``."""
 
     def _solve(self, tree, W, inj):
         Z = np.zeros_like(inj)
         for step in range(tree["maxiters"] + 1):
             fz = W @ Z + inj
-            worst = np.linalg.norm(fz - Z, axis=0).max()
-            if worst <= tree["abstol"] or worst <= tree["reltol"] * np.linalg.norm(fz, axis=0).max():
+            worst = _norms(tree, fz - Z).max()
+            if worst <= tree["abstol"] or worst <= tree["reltol"] * _norms(tree, fz).max():
                 return Z, step + 1, True, "Success"
             if step == tree["maxiters"]:
                 return Z, step + 1, False, "MaxIters"
@@ -205,7 +211,7 @@ def _diagonal_model(rates, *, rtol, atol, max_steps, on_failure="warn"):
     """``z = diag(rates) z + x`` (no bias): each state entry contracts at its own rate from zeros."""
     n = len(rates)
     f = spec.Chain(spec.Injection(z=spec.Dense(n, n, bias=False), x=spec.Dense(n, n, bias=False)), spec.Identity())
-    solver = Broyden(rtol=rtol, atol=atol, max_steps=max_steps)
+    solver = Broyden(rtol=rtol, atol=atol, max_steps=max_steps, norm=l2_norm)  # Euclidean: the numbers below
     model = spec.build(spec.DEQ(f, solver=solver), backend="julia", on_failure=on_failure).double()
     with torch.no_grad():
         model.f.layers[0].z.weight.copy_(torch.diag(torch.tensor(rates, dtype=torch.float64)))
@@ -223,8 +229,8 @@ def test_status_is_julias_batch_wide_verdict_when_it_accepts(rule):
         warnings.simplefilter("error")
         sol = model(x, return_solution=True)
     z0, r0 = float(sol.z[0].detach().norm()), float(sol.residual[0])
-    assert r0 > 1e-12 + 1e-3 * z0  # the per-sample rule the old engine applied rejects sample 0 ...
-    assert sol.success and sol.status.tolist() == [int(Status.SUCCESS)] * 2  # ... Julia's verdict holds
+    assert r0 > 1e-12 + 1e-3 * z0  # a per-sample rule (the native engine's, the old Julia status) rejects sample 0,
+    assert sol.success and sol.status.tolist() == [int(Status.SUCCESS)] * 2  # but Julia's batch verdict holds
     assert sol.extras["julia_retcode"] == "Success" and sol.nfe == 4 and sol.steps.tolist() == [4, 4]
 
 
@@ -303,3 +309,21 @@ def test_tensors_on_different_devices_are_refused_before_julia_is_called():
         interop.device_index(x=torch.zeros(2), theta=torch.zeros(2, device="meta"))
     assert interop.device_index(x=torch.zeros(2), theta=torch.zeros(3)) == -1
 
+
+
+def test_the_solvers_norm_crosses_and_residuals_come_back_in_it(rule):
+    from pydeq import max_norm, rms_norm
+
+    for norm, name in [(rms_norm, "rms"), (max_norm, "max"), (l2_norm, "l2")]:
+        f = spec.Chain(spec.Injection(z=spec.Dense(4, 4, bias=False), x=spec.Dense(3, 4)), spec.Identity())
+        solver = Broyden(norm=norm, rtol=1e-12, atol=1e-14, max_steps=2)  # stopped early: residuals are not 0
+        model = spec.build(spec.DEQ(f, solver=solver), backend="julia", on_failure="return").double()
+        assert json.loads(spec.julia_spec(model))["norm"] == name
+        x = torch.randn(5, 3, dtype=torch.float64)
+        sol = model(x, return_solution=True)
+        z = sol.z.detach()
+        assert float(sol.residual.min()) > 1e-3
+        torch.testing.assert_close(sol.residual, norm(model.f(z, x).detach() - z))
+    weighted = spec.build(spec.DEQ(f, solver=Broyden(norm=lambda v: v.abs().sum(dim=1))), backend="julia")
+    with pytest.raises(ValueError, match="knows the norms pydeq.rms_norm, pydeq.max_norm and pydeq.l2_norm"):
+        spec.julia_spec(weighted)

@@ -114,8 +114,9 @@ block(d) = lookup(BLOCKS, d["type"], "block type")(d)
 """
     solve_kwargs(spec)
 
-Keyword arguments forwarded by the DEQ layer to `solve`: tolerances, the termination norm,
-and a `SteadyStateAdjoint` whose linear solve uses the spec's adjoint tolerances.
+Keyword arguments forwarded by the DEQ layer to `solve`: tolerances, the termination norm
+([`BatchMax`](@ref) of the spec's per-sample norm), and a `SteadyStateAdjoint` whose linear
+solve uses the spec's adjoint tolerances.
 
 The adjoint's linear solver is named (Krylov.jl's GMRES): left unset, SciMLSensitivity builds
 a dense Jacobian for states of at most 50 entries (the whole `(state..., batch)` array) and
@@ -131,7 +132,7 @@ function solve_kwargs(spec)
     return (;
         abstol = Float64(spec["abstol"]), reltol = Float64(spec["reltol"]),
         maxiters = Int(spec["maxiters"]),
-        termination_condition = NormTerminationMode(batch_max_norm),
+        termination_condition = NormTerminationMode(BatchMax(sample_norm(spec))),
         sensealg = SteadyStateAdjoint(;
             autojacvec = ZygoteVJP(),
             linsolve = KrylovJL_GMRES(),
@@ -141,6 +142,9 @@ function solve_kwargs(spec)
 end
 
 solver(d) = lookup(SOLVERS, d["name"], "solver")()
+
+# the per-sample norm of the termination test; specs written before pydeq had norms used "l2"
+sample_norm(spec) = lookup(NORMS, get(spec, "norm", "l2"), "norm")
 
 function plain_deq(spec, f, fslots, alg, kw)
     return DeepEquilibriumNetwork(f, alg; kw...), (; model = fslots, init = NamedTuple())

@@ -18,6 +18,7 @@ function linear_spec(
     tol = 1.0e-12,
     maxiters = 200,
     adjoint_maxiters = 200,
+    norm = "l2",
 )
     nz, nx = n * n, n * m
     return """
@@ -29,7 +30,7 @@ function linear_spec(
              "params": [{"name": "weight", "offset": $nz, "dims": [$n, $m]},
                         {"name": "bias", "offset": $(nz + nx), "dims": [$n]}]}},
      "init": null, "solver": {"name": "$solver"},
-     "abstol": $tol, "reltol": $tol, "maxiters": $maxiters,
+     "abstol": $tol, "reltol": $tol, "maxiters": $maxiters, "norm": "$norm",
      "adjoint": {"abstol": $tol, "reltol": $tol, "maxiters": $adjoint_maxiters}}
     """
 end
@@ -99,6 +100,18 @@ held_size(holder) = size(only(holder))
         @test stats.success && stats.retcode === :Success
         @test batch_rule(residual(z), z, 1.0e-12)
         @test release(h)
+    end
+
+    @testset "the spec's norm: $kind" for (kind, sample) in (
+            ("rms", c -> norm(c) / sqrt(length(c))),
+            ("max", c -> maximum(abs, c)),
+        )
+        h = build(linear_spec(n, m; solver = "Broyden", maxiters = 3, norm = kind))
+        z, r = zeros(n, batch), zeros(batch)
+        forward!(z, r, h, x, θ)
+        @test r ≈ sample.(eachcol(residual(z))) rtol = 1.0e-10
+        release(h)
+        @test_throws ArgumentError build(linear_spec(n, m; norm = "l1"))
     end
 
     @testset "the verdict is the solver's: a capped solve reports failure" begin
