@@ -423,6 +423,9 @@ def _julia_solver(solver: Any) -> dict:
         if method not in _JULIA_ODE:
             raise ValueError(f"the Julia engine has no counterpart of SteadyState({method}()); use one of "
                              f"{sorted(_JULIA_ODE)}")
+        if getattr(solver.method, "dt", None) is not None:
+            raise ValueError(f"the Julia engine integrates adaptively; SteadyState({method}(dt={solver.method.dt})) "
+                             f"has a fixed step. Drop dt, or use backend='torch'.")
         name = _JULIA_ODE[method]
     elif kind in _JULIA_ROOT:
         name = _JULIA_ROOT[kind]
@@ -431,6 +434,15 @@ def _julia_solver(solver: Any) -> dict:
                          "SteadyState(Tsit5() / Dopri5() / BS3()), or backend='torch'")
     return {"name": name, "reltol": float(solver.rtol), "abstol": float(solver.atol), "maxiters": int(solver.max_steps),
             "norm": _julia_norm(solver.norm)}
+
+
+def _julia_integration(solver: Any) -> dict | None:
+    """A continuous DEQ's integration tolerances (its method's own ``rtol``/``atol``, as natively); ``None`` for
+    root finders. Julia's ``DynamicSS`` takes them as ``odesolve_kwargs``."""
+    method = getattr(solver, "method", None)
+    if type(solver).__name__ != "SteadyState" or method is None:
+        return None
+    return {"reltol": float(method.rtol), "abstol": float(method.atol)}
 
 
 def _julia_adjoint(adjoint: Any) -> dict:
@@ -525,7 +537,7 @@ def _julia_tree(model: SpecModel) -> tuple[dict, list[Tensor]]:
     tree = {"format": FORMAT, "kind": _KINDS[type(spec)], "f": f_node, "init": init_node,
             "solver": {"name": solver["name"]}, "num_parameters": sum(t.numel() for t in flats)}
     tree.update(abstol=solver["abstol"], reltol=solver["reltol"], maxiters=solver["maxiters"], norm=solver["norm"],
-                adjoint=_julia_adjoint(spec.adjoint))
+                integration=_julia_integration(spec.solver), adjoint=_julia_adjoint(spec.adjoint))
     return tree, flats
 
 

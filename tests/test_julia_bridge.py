@@ -327,3 +327,17 @@ def test_the_solvers_norm_crosses_and_residuals_come_back_in_it(rule):
     weighted = spec.build(spec.DEQ(f, solver=Broyden(norm=lambda v: v.abs().sum(dim=1))), backend="julia")
     with pytest.raises(ValueError, match="knows the norms pydeq.rms_norm, pydeq.max_norm and pydeq.l2_norm"):
         spec.julia_spec(weighted)
+
+
+def test_a_continuous_deq_sends_its_methods_integration_tolerances():
+    from pydeq import Dopri5, SteadyState, Tsit5
+
+    f = spec.Chain(spec.Injection(z=spec.Dense(4, 4, bias=False), x=spec.Dense(3, 4)), spec.Tanh())
+    continuous = spec.build(spec.DEQ(f, solver=SteadyState(Dopri5(rtol=1e-5, atol=1e-7), rtol=1e-3, atol=1e-4)))
+    tree = json.loads(spec.julia_spec(continuous))
+    assert tree["solver"] == {"name": "DP5"} and (tree["reltol"], tree["abstol"]) == (1e-3, 1e-4)
+    assert tree["integration"] == {"reltol": 1e-5, "abstol": 1e-7}  # DynamicSS's odesolve_kwargs
+    assert json.loads(spec.julia_spec(spec.build(spec.DEQ(f, solver=Broyden()))))["integration"] is None
+    fixed = spec.build(spec.DEQ(f, solver=SteadyState(Tsit5(dt=0.1))))
+    with pytest.raises(ValueError, match=r"integrates adaptively; SteadyState\(Tsit5\(dt=0.1\)\) has a fixed step"):
+        spec.julia_spec(fixed)

@@ -129,7 +129,7 @@ function solve_kwargs(spec)
         abstol = Float64(adj["abstol"]), reltol = Float64(adj["reltol"]),
         maxiters = Int(adj["maxiters"]),
     )
-    return (;
+    kw = (;
         abstol = Float64(spec["abstol"]), reltol = Float64(spec["reltol"]),
         maxiters = Int(spec["maxiters"]),
         termination_condition = NormTerminationMode(BatchMax(sample_norm(spec))),
@@ -139,6 +139,14 @@ function solve_kwargs(spec)
             linsolve_kwargs,
         ),
     )
+    integration = get(spec, "integration", nothing)
+    integration === nothing && return kw
+    # a continuous DEQ integrates at its method's tolerances: `DynamicSS` passes `odesolve_kwargs`
+    # to the ODE solve after (so in place of) the termination tolerances
+    odesolve_kwargs = (;
+        abstol = Float64(integration["abstol"]), reltol = Float64(integration["reltol"]),
+    )
+    return (; kw..., odesolve_kwargs)
 end
 
 solver(d) = lookup(SOLVERS, d["name"], "solver")()

@@ -19,6 +19,7 @@ function linear_spec(
     maxiters = 200,
     adjoint_maxiters = 200,
     norm = "l2",
+    integration = "null",
 )
     nz, nx = n * n, n * m
     return """
@@ -31,6 +32,7 @@ function linear_spec(
                         {"name": "bias", "offset": $(nz + nx), "dims": [$n]}]}},
      "init": null, "solver": {"name": "$solver"},
      "abstol": $tol, "reltol": $tol, "maxiters": $maxiters, "norm": "$norm",
+     "integration": $integration,
      "adjoint": {"abstol": $tol, "reltol": $tol, "maxiters": $adjoint_maxiters}}
     """
 end
@@ -112,6 +114,29 @@ held_size(holder) = size(only(holder))
         @test r ≈ sample.(eachcol(residual(z))) rtol = 1.0e-10
         release(h)
         @test_throws ArgumentError build(linear_spec(n, m; norm = "l1"))
+    end
+
+    @testset "continuous DEQ at its method's integration tolerances" begin
+        integration = """{"abstol": 1e-10, "reltol": 1e-10}"""
+        spec = linear_spec(
+            n,
+            m;
+            solver = "Tsit5",
+            tol = 1.0e-8,
+            maxiters = 2000,
+            integration,
+        )
+        h = build(spec)
+        z = zeros(n, batch)
+        stats = forward!(z, zeros(batch), h, x, θ)
+        @test stats.success && stats.retcode === :Success
+        @test z ≈ zref atol = 1.0e-6
+        @test haskey(PyDEQ.solve_kwargs(PyDEQ.parse_spec(spec)), :odesolve_kwargs)
+        @test !haskey(
+            PyDEQ.solve_kwargs(PyDEQ.parse_spec(linear_spec(n, m))),
+            :odesolve_kwargs,
+        )
+        release(h)
     end
 
     @testset "the verdict is the solver's: a capped solve reports failure" begin
