@@ -29,11 +29,12 @@ class ResidualEuler:
     Runge–Kutta method (``Tsit5``) inside :class:`SteadyState` if the trajectory itself is wanted.
 
     Why this is :class:`SteadyState`'s default (measured on ``f(z) = tanh(W z + x)``, ``||W||_2`` 0.5 / 0.9 / 1.5,
-    widths 16-1024, batch 32, relative tolerance 5e-3, forward f calls): ``ResidualEuler`` 5-23, ``Tsit5``
-    25-61 (its steps are capped by its stability interval, about 2 time units on the 1.5 maps, while the
-    slowest mode needs ~21), ``VCAB3`` more still (AB3's real stability interval is ~0.55), the neural ODE over
-    [0, 1] with Tsit5 38-44, Anderson 5-12. On two maps where plain iteration diverges (``W = 2 S`` with S
-    skew-symmetric, and ``W = -3 I + noise``) it converges in 64-75 and 12 calls. The ``README`` has the table.
+    widths 16-1024, batch 32, relative tolerance 5e-3, forward f calls; ``python -m
+    pydeq.bench.claims.steady_state``): ``ResidualEuler`` 5-23, ``Tsit5`` 25-61 (its steps are capped by its
+    stability interval, about 2 time units on the 1.5 maps, while the slowest mode needs ~21), ``VCAB3`` 18-50,
+    the neural ODE over [0, 1] with Tsit5 38-44, Anderson 5-12. On two maps where plain iteration diverges
+    (``W = -3 I``, and ``W = 2 S`` with S skew-symmetric) it converges in 12 and 64-75 calls (Tsit5 67-85 and
+    49-55, VCAB3 33-37 and 37-39). The ``README`` has the table.
 
     Args:
         dt0: first step size (> 0); 1 is a plain fixed-point step.
