@@ -204,3 +204,11 @@ def test_a_wrong_translation_is_caught_before_anything_runs():
     core = continuous.make_methods(mlp_backbone(8), tol=1e-2, skip_weight=1.0, only=("cdeq",))["cdeq"].core
     with pytest.raises(AssertionError, match="spec translation of f differs"):
         julia_core(core, wrong)
+
+
+def test_every_registered_claim_either_routes_or_says_why_not():
+    from pydeq.bench import available_claims
+    from pydeq.bench.routing import NOT_ON_JULIA
+
+    routed = {"cdeq-mlp-mnist", "cdeq-conv-mnist", "cdeq-multiscale-cifar", "engine-julia"}
+    assert set(available_claims()) <= routed | set(NOT_ON_JULIA)

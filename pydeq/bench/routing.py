@@ -38,6 +38,10 @@ NOT_ON_JULIA = {
     "engine": "Anderson has no Julia counterpart (the Julia engine has Broyden, Newton-Krylov and continuous DEQs); "
               "the engine-julia claim compares the two engines on one spec",
     "selftest": "plain MLPs, no equilibrium model",
+    "steady-state-grid": "a solver study on fixed-point maps called through pydeq.fixed_point, not spec models; "
+                         "ResidualEuler, VCAB3, Anderson and FixedPointIteration have no Julia counterpart",
+    "cdeq-table1-depth": "it measures each sample's solver depth and trains with Jacobian regularisation; the "
+                         "Julia solve stops batch-wide and has no Jacobian penalty",
 }
 """Claims that do not route their methods, and why the Julia engine cannot run them."""
 
