@@ -1,10 +1,10 @@
 """Declarative model specs: one description builds a torch module and the identical Lux model.
 
-A spec is a small tree of building blocks (:class:`Dense`, :class:`Conv2d`, activations, :class:`Chain`,
-:class:`Injection`) inside a model (:class:`DEQ`, :class:`SkipDEQ`, :class:`SkipRegDEQ`; a continuous DEQ is
-``DEQ(f, solver=SteadyState(Tsit5()))``). :func:`build` turns it into a :class:`SpecModel`, an
-``nn.Module`` that owns the parameters (``state_dict`` and pickling never need Julia) and runs on the
-native engine or, with ``backend="julia"``, on DeepEquilibriumNetworks.jl.
+A spec is a small tree of building blocks (:class:`Dense`, :class:`Conv2d`, :class:`GroupNorm`, activations,
+:class:`Chain`, :class:`Injection`, :class:`Residual`) inside a model (:class:`DEQ`, :class:`SkipDEQ`,
+:class:`SkipRegDEQ`; a continuous DEQ is ``DEQ(f, solver=SteadyState(Tsit5()))``). :func:`build` turns it into a
+:class:`SpecModel`, an ``nn.Module`` that owns the parameters (``state_dict`` and pickling never need Julia) and
+runs on the native engine or, with ``backend="julia"``, on DeepEquilibriumNetworks.jl.
 
 Weight layout (torch row-major -> Julia column-major). A row-major buffer read column-major has its
 dimensions reversed, so inputs and states cross as they are: torch ``(batch, features)`` is Lux
@@ -16,7 +16,8 @@ dimensions reversed, so inputs and states cross as they are: torch ``(batch, fea
   layout; torch cross-correlates while Lux ``Conv`` (default ``cross_correlation=false``) convolves, so the
   kernel is **flipped** in both spatial dimensions (:func:`conv_weight_to_julia`); kernel size, stride and
   padding are written as ``(w, h)``.
-* biases are vectors in both.
+* biases are vectors in both; so are ``nn.GroupNorm``'s ``weight`` and ``bias`` (Lux ``GroupNorm``'s ``scale`` and
+  ``bias``), and both normalise each sample over contiguous groups of channels and all spatial positions.
 
 The flat parameter vector is every block's arrays in spec order (f before init, layers in order, ``z``
 before ``x`` in an injection, weight before bias), each column-major; the JSON records each array's
@@ -34,8 +35,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_policy
+
 __all__ = [
-    "AbstractBlock", "Dense", "Conv2d", "Tanh", "ReLU", "Sigmoid", "Softplus", "Identity", "Chain", "Injection",
+    "AbstractBlock", "Dense", "Conv2d", "GroupNorm", "Tanh", "ReLU", "Sigmoid", "Softplus", "Identity", "Chain",
+    "Injection", "Residual",
     "DEQ", "SkipDEQ", "SkipRegDEQ", "SpecModel", "build", "dense_weight_to_julia", "conv_weight_to_julia",
     "julia_spec", "julia_parameters", "BACKENDS", "BACKEND_ENV",
 ]
@@ -146,6 +150,40 @@ class Conv2d(AbstractBlock):
         (kh, kw), (sh, sw), (ph, pw) = _pair(self.kernel_size), _pair(self.stride), _pair(self.padding)
         node = {"type": "Conv", "in": self.in_channels, "out": self.out_channels, "kernel": [kw, kh],
                 "stride": [sw, sh], "pad": [pw, ph], "bias": self.bias, "params": slots}
+        return node, flats
+
+
+@dataclass(frozen=True)
+class GroupNorm(AbstractBlock):
+    """Group normalisation with a per-channel scale and shift (``nn.GroupNorm`` / Lux ``GroupNorm``) on
+    ``(batch, channels, ...)``: each sample is normalised over ``channels // groups`` contiguous channels and
+    every position, with ``eps`` added to the variance."""
+
+    groups: int
+    channels: int
+    _: KW_ONLY
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.groups < 1 or self.channels % self.groups:
+            raise ValueError(f"GroupNorm needs groups >= 1 dividing channels; got groups={self.groups}, "
+                             f"channels={self.channels}. Pick groups among the divisors of {self.channels}.")
+
+    def module(self) -> nn.Module:
+        return nn.GroupNorm(self.groups, self.channels, eps=self.eps)
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) < 2 or shape[0] != self.channels:
+            raise ValueError(f"GroupNorm({self.groups}, {self.channels}) needs per-sample shape ({self.channels}, "
+                             f"H, ...); got {shape}")
+        return tuple(shape)
+
+    def julia(self, module: nn.Module, offset: int) -> tuple[dict, list[Tensor]]:
+        # Lux's parameter order: scale, then bias
+        slots, flats = _params([("scale", module.weight, [self.channels]), ("bias", module.bias, [self.channels])],
+                               offset)
+        node = {"type": "GroupNorm", "channels": self.channels, "groups": self.groups, "epsilon": self.eps,
+                "params": slots}
         return node, flats
 
 
@@ -276,12 +314,42 @@ class Injection(AbstractBlock):
         return {"type": "Injection", "z": znode, "x": xnode}, zf + xf
 
 
-def _check_f(f: Any) -> None:
+class _ResidualModule(nn.Module):
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, z: Tensor, x: Tensor) -> Tensor:
+        return self.block(z, x) + z
+
+
+@dataclass(frozen=True)
+class Residual(AbstractBlock):
+    """``f(z, x) = block(z, x) + z``: a residual connection around a block that takes ``(z, x)`` (one that starts
+    with an :class:`Injection`); Lux ``SkipConnection(block, (out, (z, x)) -> out + z)``. It must come first in f."""
+
+    block: AbstractBlock
+
+    def __post_init__(self) -> None:
+        _check_f(self.block, what="Residual's block")
+
+    def module(self) -> nn.Module:
+        return _ResidualModule(self.block.module())
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.block.out_shape(shape)
+
+    def julia(self, module: nn.Module, offset: int) -> tuple[dict, list[Tensor]]:
+        node, flats = self.block.julia(module.block, offset)
+        return {"type": "Residual", "block": node}, flats  # Lux's SkipConnection has its block's parameters
+
+
+def _check_f(f: Any, what: str = "f") -> None:
     first = f.layers[0] if isinstance(f, Chain) else f
-    if not isinstance(first, Injection):
+    if not isinstance(first, Injection | Residual):
         raise TypeError(
-            f"f must be an Injection or a Chain that starts with one, so that it takes (z, x); got {f!r}. "
-            "Example: Chain(Injection(z=Dense(8, 8), x=Dense(4, 8)), Tanh())."
+            f"{what} must be an Injection, a Residual or a Chain that starts with one, so that it takes (z, x); "
+            f"got {f!r}. Example: Chain(Injection(z=Dense(8, 8), x=Dense(4, 8)), Tanh())."
         )
 
 
@@ -333,23 +401,48 @@ JULIA_DEFAULT_TOLERANCES = {"rtol": 1e-4, "atol": 1e-6, "max_steps": 50}
 JULIA_DEFAULT_ADJOINT = {"rtol": 1e-6, "atol": 1e-8, "max_steps": 100}
 
 
+def _julia_norm(norm: Any) -> str:
+    """The Julia name of a solver's per-sample norm; Julia's termination test takes its maximum over the batch."""
+    from ._norms import l2_norm, max_norm, rms_norm
+
+    names = {rms_norm: "rms", max_norm: "max", l2_norm: "l2"}
+    if norm not in names:
+        raise ValueError(f"the Julia engine knows the norms pydeq.rms_norm, pydeq.max_norm and pydeq.l2_norm; got "
+                         f"{norm!r}. Use one of them, or backend='torch' for a custom norm.")
+    return names[norm]
+
+
 def _julia_solver(solver: Any) -> dict:
     if solver is None:
         tol = JULIA_DEFAULT_TOLERANCES
-        return {"name": "Broyden", "reltol": tol["rtol"], "abstol": tol["atol"], "maxiters": tol["max_steps"]}
+        return {"name": "Broyden", "reltol": tol["rtol"], "abstol": tol["atol"], "maxiters": tol["max_steps"],
+                "norm": "rms"}
     kind = type(solver).__name__
     if kind == "SteadyState":
         method = type(solver.method).__name__
         if method not in _JULIA_ODE:
             raise ValueError(f"the Julia engine has no counterpart of SteadyState({method}()); use one of "
                              f"{sorted(_JULIA_ODE)}")
+        if getattr(solver.method, "dt", None) is not None:
+            raise ValueError(f"the Julia engine integrates adaptively; SteadyState({method}(dt={solver.method.dt})) "
+                             f"has a fixed step. Drop dt, or use backend='torch'.")
         name = _JULIA_ODE[method]
     elif kind in _JULIA_ROOT:
         name = _JULIA_ROOT[kind]
     else:
         raise ValueError(f"the Julia engine has no counterpart of {kind}; use Broyden(...), NewtonKrylov(...) or "
                          "SteadyState(Tsit5() / Dopri5() / BS3()), or backend='torch'")
-    return {"name": name, "reltol": float(solver.rtol), "abstol": float(solver.atol), "maxiters": int(solver.max_steps)}
+    return {"name": name, "reltol": float(solver.rtol), "abstol": float(solver.atol), "maxiters": int(solver.max_steps),
+            "norm": _julia_norm(solver.norm)}
+
+
+def _julia_integration(solver: Any) -> dict | None:
+    """A continuous DEQ's integration tolerances (its method's own ``rtol``/``atol``, as natively); ``None`` for
+    root finders. Julia's ``DynamicSS`` takes them as ``odesolve_kwargs``."""
+    method = getattr(solver, "method", None)
+    if type(solver).__name__ != "SteadyState" or method is None:
+        return None
+    return {"reltol": float(method.rtol), "abstol": float(method.atol)}
 
 
 def _julia_adjoint(adjoint: Any) -> dict:
@@ -368,16 +461,23 @@ class SpecModel(nn.Module):
     ``forward(x) -> z*`` with ``x: (batch, *x_shape)`` and ``z*: (batch, *state_shape)``;
     ``return_solution=True`` returns the :class:`~pydeq.Solution` instead. The backend can be switched at any
     time (``model.backend = "julia"``); parameters and ``state_dict`` keys are the same for both.
+
+    ``on_failure`` (``"warn"``, ``"raise"`` or ``"return"``) is applied alike on both engines, as
+    :func:`pydeq.fixed_point` applies it. Which samples fail differs: the native solvers judge each sample
+    on its own, while a Julia solve stops batch-wide (on the worst sample) and reports that one verdict for
+    every sample (see :func:`pydeq.julia._op.julia_status`).
     """
 
-    def __init__(self, spec: DEQ, *, backend: str | None = None):
+    def __init__(self, spec: DEQ, *, backend: str | None = None, on_failure: str = "warn"):
         super().__init__()
         if type(spec) not in _KINDS:
             raise TypeError(f"spec must be spec.DEQ, spec.SkipDEQ or spec.SkipRegDEQ; got {type(spec).__name__}")
+        check_policy(on_failure)
         self.spec = spec
         self.f = spec.f.module()
         self.init = spec.init.module() if isinstance(spec, SkipDEQ) else None
         self.backend = backend
+        self.on_failure = on_failure
 
     @property
     def backend(self) -> str:
@@ -406,20 +506,24 @@ class SpecModel(nn.Module):
 
     def forward(self, x: Tensor, return_solution: bool = False) -> Any:
         if self.backend == "julia":
+            from .fixed_point import report_failures
             from .julia._op import julia_fixed_point
 
             solution = julia_fixed_point(self, x)
+            what = f"Julia solve (stops batch-wide; retcode {solution.extras['julia_retcode']})"
+            report_failures(solution, self.on_failure, what=what)
         else:
             from .fixed_point import fixed_point
 
             solution = fixed_point(self.f, x, self.initial_state(x), solver=self.spec.solver,
-                                   adjoint=self.spec.adjoint)
+                                   adjoint=self.spec.adjoint, on_failure=self.on_failure)
         return solution if return_solution else solution.z
 
 
-def build(spec: DEQ, *, backend: str | None = None) -> SpecModel:
-    """Build the torch module for ``spec``; ``backend`` ``"torch"`` (default, or ``$PYDEQ_BACKEND``) or ``"julia"``."""
-    return SpecModel(spec, backend=backend)
+def build(spec: DEQ, *, backend: str | None = None, on_failure: str = "warn") -> SpecModel:
+    """Build the torch module for ``spec``; ``backend`` ``"torch"`` (default, or ``$PYDEQ_BACKEND``) or ``"julia"``;
+    ``on_failure`` as for :func:`pydeq.fixed_point`, on either engine."""
+    return SpecModel(spec, backend=backend, on_failure=on_failure)
 
 
 def _julia_tree(model: SpecModel) -> tuple[dict, list[Tensor]]:
@@ -432,8 +536,8 @@ def _julia_tree(model: SpecModel) -> tuple[dict, list[Tensor]]:
     solver = _julia_solver(spec.solver)
     tree = {"format": FORMAT, "kind": _KINDS[type(spec)], "f": f_node, "init": init_node,
             "solver": {"name": solver["name"]}, "num_parameters": sum(t.numel() for t in flats)}
-    tree.update(abstol=solver["abstol"], reltol=solver["reltol"], maxiters=solver["maxiters"],
-                adjoint=_julia_adjoint(spec.adjoint))
+    tree.update(abstol=solver["abstol"], reltol=solver["reltol"], maxiters=solver["maxiters"], norm=solver["norm"],
+                integration=_julia_integration(spec.solver), adjoint=_julia_adjoint(spec.adjoint))
     return tree, flats
 
 

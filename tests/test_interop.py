@@ -64,3 +64,61 @@ def test_unsupported_devices_and_types_are_rejected():
 
 def test_sync_device_is_a_no_op_on_cpu():
     interop.sync_device(torch.zeros(2), torch.zeros(3))
+
+
+def test_copy_rules_of_flat_for_julia():
+    t = torch.randn(3, 4, dtype=torch.float64)
+    nc = t.t()
+    flat, _ = interop.flat_for_julia("t", t, copy=False)
+    assert flat.data_ptr() == t.data_ptr()  # contiguous: shared even when copies are refused
+    forced, _ = interop.flat_for_julia("t", t, copy=True)
+    assert forced.data_ptr() != t.data_ptr() and forced.is_contiguous()
+    torch.testing.assert_close(forced, t.reshape(-1))
+    with pytest.raises(ValueError, match=r"t is not contiguous \(shape \(4, 3\), strides \(1, 4\)\).*copy=None"):
+        interop.flat_for_julia("t", nc, copy=False)
+    forced_nc, shape = interop.flat_for_julia("t", nc, copy=True)
+    assert shape == (4, 3)
+    torch.testing.assert_close(forced_nc, nc.reshape(-1))
+    with pytest.raises(TypeError, match="copy must be None, True or False; got 'yes'"):
+        interop.flat_for_julia("t", t, copy="yes")
+
+
+def test_a_shared_flat_keeps_the_buffer_alive_without_the_caller():
+    t = torch.arange(6.0).reshape(2, 3)
+    flat, _ = interop.flat_for_julia("t", t)
+    storage = t.untyped_storage().data_ptr()
+    del t  # Julia holds only `flat` (its wrapped array keeps it alive); the buffer must outlive the caller's tensor
+    assert flat.untyped_storage().data_ptr() == storage
+    torch.testing.assert_close(flat, torch.arange(6.0))
+
+
+class _Recorder:
+    """Stands in for PyDEQ's ``py_wrap``: keeps what it receives, as the Julia array does, and writes into it."""
+
+    def py_wrap(self, flat, shape, device):
+        flat[0] = 99.0
+        self.kept = flat
+        return shape
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    from pydeq.julia import _runtime
+
+    jl = _Recorder()
+    monkeypatch.setattr(_runtime, "_ENGINE", _runtime.JuliaEngine(jl))
+    return jl
+
+
+def test_to_julia_aliases_contiguous_tensors_and_copies_the_others(recorder):
+    t = torch.zeros(2, 3)
+    assert interop.to_julia(t) == (2, 3)
+    assert t[0, 0] == 99.0 and recorder.kept.data_ptr() == t.data_ptr()  # Julia's writes reach t
+    nc = torch.zeros(3, 2).t()
+    assert interop.to_julia(nc) == (2, 3)
+    assert nc[0, 0] == 0.0 and recorder.kept.data_ptr() != nc.data_ptr()  # a private copy: t is untouched
+    with pytest.raises(ValueError, match="not contiguous"):
+        interop.to_julia(torch.zeros(3, 2).t(), copy=False)
+    fresh = torch.zeros(2, 3)
+    interop.to_julia(fresh, copy=True)
+    assert fresh[0, 0] == 0.0

@@ -60,6 +60,7 @@ from pydeq import (
     SteadyState,
 )
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, SkipClaim, claim
+from pydeq.bench.claims._julia import route_methods
 from pydeq.bench.claims._models import (
     Backbone,
     Net,
@@ -266,6 +267,7 @@ def _run_claim(ctx: BenchContext, *, model: str, backbone: Backbone, train: tupl
                         "(torchdeq==0.1.0, torchdiffeq==0.2.5)") from e
     nets = {k: v.to(ctx.device) for k, v in make_methods(backbone, tol=tol, skip_weight=skip_weight,
                                                                      only=only).items()}
+    nets = route_methods(ctx, nets)  # --backend julia: the DEQ methods the spec language can express
     t0 = time.perf_counter()
     run = train_interleaved(ctx, nets, train, test, epochs=epochs, batch=batch, desc=model)
     series = dict(run["series"])
