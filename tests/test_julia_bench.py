@@ -14,6 +14,7 @@ from pydeq.bench.claims import continuous
 from pydeq.bench.claims._julia import route_methods, translate_cell
 from pydeq.bench.claims._models import conv_backbone, mlp_backbone
 from pydeq.bench.routing import JuliaCore, label_rows
+from pydeq.julia import translate
 
 DEQS = {"cdeq", "skip-cdeq", "skipreg-cdeq", "broyden", "newton-krylov"}
 PEERS = {"torchdiffeq": "torchdiffeq", "torchdiffeq-adjoint": "torchdiffeq", "torchdeq-broyden": "torchdeq"}
@@ -35,7 +36,7 @@ def stand_in(monkeypatch):
     seen: list[dict] = []
 
     def solve(model, x):
-        seen.append(json.loads(spec.julia_spec(model)))
+        seen.append(json.loads(translate.julia_spec(model)))
         sol = fixed_point(model.f, x, model.initial_state(x), solver=model.spec.solver, adjoint=model.spec.adjoint,
                           on_failure="return")
         sol.extras.update(backend="julia-stand-in", julia_retcode="Success" if sol.success else "MaxIters")
@@ -83,7 +84,7 @@ def test_the_residual_conv_cell_is_described_exactly():
     ctx = _ctx()
     route_methods(ctx, nets)  # checks f and the initial state of the translation on a probe
     assert {c.engine for c in ctx.engines.values()} == {"julia"}
-    tree = json.loads(spec.julia_spec(nets["cdeq"].core.model))
+    tree = json.loads(translate.julia_spec(nets["cdeq"].core.model))
     assert tree["f"]["layers"][0]["type"] == "Residual" and tree["solver"] == {"name": "DP5"}
     assert tree["num_parameters"] == sum(p.numel() for p in cell.parameters())
     assert {id(p) for p in nets["cdeq"].core.model.f.parameters()} == {id(p) for p in cell.parameters()}

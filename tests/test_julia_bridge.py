@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pydeq import Broyden, ConvergenceError, ConvergenceWarning, NonFiniteError, Status, l2_norm, spec
-from pydeq.julia import _runtime
+from pydeq.julia import _runtime, exchange, translate
 
 
 def _read(t: torch.Tensor, shape) -> np.ndarray:
@@ -303,11 +303,10 @@ def test_on_failure_is_checked_when_the_model_is_built():
 
 
 def test_tensors_on_different_devices_are_refused_before_julia_is_called():
-    from pydeq import interop
 
     with pytest.raises(TypeError, match="must share one device; got x on cpu, theta on meta"):
-        interop.device_index(x=torch.zeros(2), theta=torch.zeros(2, device="meta"))
-    assert interop.device_index(x=torch.zeros(2), theta=torch.zeros(3)) == -1
+        exchange.device_index(x=torch.zeros(2), theta=torch.zeros(2, device="meta"))
+    assert exchange.device_index(x=torch.zeros(2), theta=torch.zeros(3)) == -1
 
 
 
@@ -318,7 +317,7 @@ def test_the_solvers_norm_crosses_and_residuals_come_back_in_it(rule):
         f = spec.Chain(spec.Injection(z=spec.Dense(4, 4, bias=False), x=spec.Dense(3, 4)), spec.Identity())
         solver = Broyden(norm=norm, rtol=1e-12, atol=1e-14, max_steps=2)  # stopped early: residuals are not 0
         model = spec.build(spec.DEQ(f, solver=solver), backend="julia", on_failure="return").double()
-        assert json.loads(spec.julia_spec(model))["norm"] == name
+        assert json.loads(translate.julia_spec(model))["norm"] == name
         x = torch.randn(5, 3, dtype=torch.float64)
         sol = model(x, return_solution=True)
         z = sol.z.detach()
@@ -326,7 +325,7 @@ def test_the_solvers_norm_crosses_and_residuals_come_back_in_it(rule):
         torch.testing.assert_close(sol.residual, norm(model.f(z, x).detach() - z))
     weighted = spec.build(spec.DEQ(f, solver=Broyden(norm=lambda v: v.abs().sum(dim=1))), backend="julia")
     with pytest.raises(ValueError, match="knows the norms pydeq.rms_norm, pydeq.max_norm and pydeq.l2_norm"):
-        spec.julia_spec(weighted)
+        translate.julia_spec(weighted)
 
 
 def test_a_continuous_deq_sends_its_methods_integration_tolerances():
@@ -334,10 +333,10 @@ def test_a_continuous_deq_sends_its_methods_integration_tolerances():
 
     f = spec.Chain(spec.Injection(z=spec.Dense(4, 4, bias=False), x=spec.Dense(3, 4)), spec.Tanh())
     continuous = spec.build(spec.DEQ(f, solver=SteadyState(Dopri5(rtol=1e-5, atol=1e-7), rtol=1e-3, atol=1e-4)))
-    tree = json.loads(spec.julia_spec(continuous))
+    tree = json.loads(translate.julia_spec(continuous))
     assert tree["solver"] == {"name": "DP5"} and (tree["reltol"], tree["abstol"]) == (1e-3, 1e-4)
     assert tree["integration"] == {"reltol": 1e-5, "abstol": 1e-7}  # DynamicSS's odesolve_kwargs
-    assert json.loads(spec.julia_spec(spec.build(spec.DEQ(f, solver=Broyden()))))["integration"] is None
+    assert json.loads(translate.julia_spec(spec.build(spec.DEQ(f, solver=Broyden()))))["integration"] is None
     fixed = spec.build(spec.DEQ(f, solver=SteadyState(Tsit5(dt=0.1))))
     with pytest.raises(ValueError, match=r"integrates adaptively; SteadyState\(Tsit5\(dt=0.1\)\) has a fixed step"):
-        spec.julia_spec(fixed)
+        translate.julia_spec(fixed)

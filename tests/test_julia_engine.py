@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pydeq import spec
+from pydeq.julia import exchange
 
 pytestmark = pytest.mark.julia
 
@@ -124,14 +125,13 @@ def test_gradients_match_native(engine):
 def test_interop_round_trip_shares_memory(engine):
     from juliacall import Main as jl
 
-    from pydeq import interop
 
     t = torch.zeros(2, 3)
-    a = interop.to_julia(t)
+    a = exchange.to_julia(t)
     jl.seval("a -> (a[3, 1] = 7; nothing)")(a)  # Julia (3, 2) = torch (2, 3) reversed
     assert t[0, 2] == 7
     b = jl.seval("zeros(Float64, 3, 2)")
-    u = interop.from_julia(b)
+    u = exchange.from_julia(b)
     assert tuple(u.shape) == (2, 3)
     jl.seval("b -> (b[1, 2] = 5; nothing)")(b)
     assert u[1, 0] == 5
@@ -178,18 +178,17 @@ def test_to_julia_keeps_the_buffer_alive_and_copies_only_non_contiguous(engine):
 
     from juliacall import Main as jl
 
-    from pydeq import interop
 
-    a = interop.to_julia(torch.arange(6.0).reshape(2, 3))  # the tensor is dropped at once
+    a = exchange.to_julia(torch.arange(6.0).reshape(2, 3))  # the tensor is dropped at once
     nc = torch.zeros(3, 2, dtype=torch.float64).t()
-    b = interop.to_julia(nc)  # a private copy
+    b = exchange.to_julia(nc)  # a private copy
     gc.collect()
     jl.seval("GC.gc(true); GC.gc(true)")
     assert jl.seval("a -> collect(vec(a))")(a).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     jl.seval("b -> (b[1, 1] = 5; nothing)")(b)
     assert nc[0, 0] == 0  # writes to the copy do not reach a non-contiguous tensor
     with pytest.raises(ValueError, match="not contiguous"):
-        interop.to_julia(nc, copy=False)
+        exchange.to_julia(nc, copy=False)
 
 
 _CUDA_DEVICES = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -208,12 +207,11 @@ def test_from_julia_of_a_cuarray_shares_under_cuda5_and_teaches_under_cuda6(engi
     from juliacall import JuliaError
     from juliacall import Main as jl
 
-    from pydeq import interop
 
-    interop.to_julia(torch.zeros(2, device="cuda"))  # loads CUDA.jl
+    exchange.to_julia(torch.zeros(2, device="cuda"))  # loads CUDA.jl
     a = jl.seval("CUDA.zeros(Float32, 3, 2)")
     if jl.seval("pkgversion(CUDA) >= v\"6\""):
         with pytest.raises(JuliaError, match="CUDA.Mem"):
-            interop.from_julia(a)
+            exchange.from_julia(a)
     else:
-        assert tuple(interop.from_julia(a).shape) == (2, 3)
+        assert tuple(exchange.from_julia(a).shape) == (2, 3)

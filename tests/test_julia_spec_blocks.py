@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pydeq import spec
+from pydeq.julia import translate
 
 
 def _fortran(t: torch.Tensor, dims) -> np.ndarray:
@@ -34,7 +35,7 @@ def test_group_norm_matches_lux_semantics_in_julia_layout():
         gn.weight.normal_()
         gn.bias.normal_()
     x = torch.randn(3, 6, 4, 5, dtype=torch.float64)
-    node, flats = block.julia(gn, 7)
+    node, flats = translate.lux_node(block, gn, 7)
     assert [p["name"] for p in node["params"]] == ["scale", "bias"]  # Lux's order
     assert node["params"] == [{"name": "scale", "offset": 7, "dims": [6]}, {"name": "bias", "offset": 13, "dims": [6]}]
     assert node["groups"] == 2 and node["channels"] == 6 and node["epsilon"] == 1e-5
@@ -52,7 +53,7 @@ def test_residual_adds_the_state_and_keeps_its_blocks_parameters():
     res = model.f.layers[0]
     expected = torch.relu(torch.tanh(res.block.layers[0].z(z) + x) + z)
     torch.testing.assert_close(model.f(z, x), expected)
-    tree = json.loads(spec.julia_spec(model))
+    tree = json.loads(translate.julia_spec(model))
     node = tree["f"]["layers"][0]
     assert node["type"] == "Residual" and node["block"]["layers"][0]["type"] == "Injection"
     assert tree["num_parameters"] == 9 and model.state_shape((3,)) == (3,)
@@ -65,7 +66,7 @@ def test_bench_style_residual_conv_cell_builds_and_counts_parameters():
     f = spec.Chain(spec.Residual(spec.Chain(spec.Injection(z=spec.Chain(conv, gn, spec.ReLU(), conv),
                                                            x=spec.Identity()), gn)), spec.ReLU(), gn)
     model = spec.build(spec.DEQ(f))
-    tree = json.loads(spec.julia_spec(model))
+    tree = json.loads(translate.julia_spec(model))
     assert tree["num_parameters"] == sum(p.numel() for p in model.parameters()) == 2 * 9 * c * c + 3 * 2 * c
     offsets = []
 

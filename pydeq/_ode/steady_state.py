@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from .._norms import Norm, rms_norm
-from .._root._base import AbstractRootFinder, Stagnation, check_stop_fields
+from .._root import AbstractRootFinder, Stagnation, check_stop_fields
 from ._steady_steps import SteadyStateState, steady_init, steady_step
 from .odeint import check_ode_solver
 from .residual_euler import ResidualEuler

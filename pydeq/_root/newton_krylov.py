@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .._linear import GMRES
-from .._linear._base import AbstractLinearSolver
+from .._linear import GMRES, AbstractLinearSolver
 from .._norms import Norm, rms_norm
 from ._base import AbstractRootFinder, IterateState, Stagnation, check_stop_fields
 from ._line_search import backtrack

@@ -218,6 +218,7 @@ def julia_core(core: nn.Module, translate: Callable[[nn.Module], TranslatedCell 
     with the native core's exactly (the state's shape is also the input's, as in the bench's models).
     """
     from pydeq import spec
+    from pydeq.julia.translate import julia_spec
 
     kind = _kind(core)
     if kind is None:
@@ -240,7 +241,7 @@ def julia_core(core: nn.Module, translate: Callable[[nn.Module], TranslatedCell 
         _tie(model.f, cell.leaves)
         if init is not None:
             _tie(model.init, init.leaves)
-        spec.julia_spec(model)  # the solver, adjoint and norm must have Julia counterparts
+        julia_spec(model)  # the solver, adjoint and norm must have Julia counterparts
     except (TypeError, ValueError) as err:
         return str(err)
     _check_probe(core, model)

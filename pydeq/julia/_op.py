@@ -10,9 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import interop
 from .._solution import Solution, Status
 from . import load
+from .exchange import check_exchangeable
+from .translate import julia_tree
 
 __all__ = ["julia_fixed_point", "julia_status"]
 
@@ -93,10 +94,8 @@ def julia_fixed_point(model: Any, x: Tensor) -> Solution:
     Julia's return code (``"julia_retcode"``); ``steps`` is the solve's nfe for every sample, since the batch
     stops together. The ``on_failure`` policy is applied by the caller, as for the native engine.
     """
-    from ..spec import _julia_tree
-
-    interop.check_exchangeable("x", x)
-    tree, flats = _julia_tree(model)
+    check_exchangeable("x", x)
+    tree, flats = julia_tree(model)
     theta = torch.cat([t.reshape(-1) for t in flats])
     if theta.dtype != x.dtype or theta.device != x.device:
         raise TypeError(

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import interop
 from . import ENV_DEFAULTS, JULIAPKG_DIR, PROJECT_DIR, JuliaUnavailableError, TorchImportOrderWarning
+from . import exchange as interop
 
 __all__ = ["JuliaEngine", "JuliaForward", "start", "engine_if_started"]
 
@@ -120,7 +120,7 @@ class JuliaEngine:
         return gx.view(x_shape), gtheta
 
     def to_julia(self, t: Tensor, *, copy: bool | None = None) -> Any:
-        """:func:`pydeq.interop.to_julia`: shares ``t``'s buffer unless a copy is needed or asked for."""
+        """:func:`pydeq.julia.exchange.to_julia`: shares ``t``'s buffer unless a copy is needed or asked for."""
         flat, shape = interop.flat_for_julia("t", t, copy=copy)
         device = interop.device_index(t=t)
         self._ensure_cuda(t)
@@ -128,7 +128,7 @@ class JuliaEngine:
         return self._call(self.jl.py_wrap, flat, shape, device)
 
     def from_julia(self, a: Any) -> Tensor:
-        """:func:`pydeq.interop.from_julia`: Julia's ``PyDEQ.share`` hands ``a`` to ``torch.from_dlpack``."""
+        """:func:`pydeq.julia.exchange.from_julia`: Julia's ``PyDEQ.share`` hands ``a`` to ``torch.from_dlpack``."""
         return self._call(self.jl.share, a, torch.from_dlpack)
 
 
