@@ -122,7 +122,7 @@ def fake(monkeypatch):
     return jl
 
 
-def _linear_model(n=4, m=3, kind=spec.DEQ, dtype=torch.float64):
+def _linear_model(n=4, m=3, kind=spec.DEQSpec, dtype=torch.float64):
     f = spec.Chain(spec.Injection(z=spec.Dense(n, n, bias=False), x=spec.Dense(m, n)), spec.Identity())
     model = spec.build(kind(f), backend="julia").to(dtype)
     torch.manual_seed(0)
@@ -212,7 +212,7 @@ def _diagonal_model(rates, *, rtol, atol, max_steps, on_failure="warn"):
     n = len(rates)
     f = spec.Chain(spec.Injection(z=spec.Dense(n, n, bias=False), x=spec.Dense(n, n, bias=False)), spec.Identity())
     solver = Broyden(rtol=rtol, atol=atol, max_steps=max_steps, norm=l2_norm)  # Euclidean: the numbers below
-    model = spec.build(spec.DEQ(f, solver=solver), backend="julia", on_failure=on_failure).double()
+    model = spec.build(spec.DEQSpec(f, solver=solver), backend="julia", on_failure=on_failure).double()
     with torch.no_grad():
         model.f.layers[0].z.weight.copy_(torch.diag(torch.tensor(rates, dtype=torch.float64)))
         model.f.layers[0].x.weight.copy_(torch.eye(n, dtype=torch.float64))
@@ -259,7 +259,7 @@ def test_stalling_and_nonfinite_codes():
 def _failing_pair(on_failure):
     """The same failing linear DEQ on both engines: a step cap of 1 that neither can meet."""
     julia = _diagonal_model([0.5], rtol=1e-9, atol=1e-12, max_steps=1, on_failure=on_failure)
-    native = spec.build(julia.spec, backend="torch", on_failure=on_failure).double()
+    native = spec.build(julia.spec, backend="native", on_failure=on_failure).double()
     native.load_state_dict(julia.state_dict())
     return native, julia
 
@@ -299,7 +299,7 @@ def test_nonfinite_answers_raise_as_on_the_native_engine(rule, monkeypatch, on_f
 def test_on_failure_is_checked_when_the_model_is_built():
     f = spec.Injection(z=spec.Dense(2, 2), x=spec.Dense(2, 2))
     with pytest.raises(ValueError, match="on_failure must be one of"):
-        spec.build(spec.DEQ(f), on_failure="ignore")
+        spec.build(spec.DEQSpec(f), on_failure="ignore")
 
 
 def test_tensors_on_different_devices_are_refused_before_julia_is_called():
@@ -316,14 +316,14 @@ def test_the_solvers_norm_crosses_and_residuals_come_back_in_it(rule):
     for norm, name in [(rms_norm, "rms"), (max_norm, "max"), (l2_norm, "l2")]:
         f = spec.Chain(spec.Injection(z=spec.Dense(4, 4, bias=False), x=spec.Dense(3, 4)), spec.Identity())
         solver = Broyden(norm=norm, rtol=1e-12, atol=1e-14, max_steps=2)  # stopped early: residuals are not 0
-        model = spec.build(spec.DEQ(f, solver=solver), backend="julia", on_failure="return").double()
+        model = spec.build(spec.DEQSpec(f, solver=solver), backend="julia", on_failure="return").double()
         assert json.loads(translate.julia_spec(model))["norm"] == name
         x = torch.randn(5, 3, dtype=torch.float64)
         sol = model(x, return_solution=True)
         z = sol.z.detach()
         assert float(sol.residual.min()) > 1e-3
         torch.testing.assert_close(sol.residual, norm(model.f(z, x).detach() - z))
-    weighted = spec.build(spec.DEQ(f, solver=Broyden(norm=lambda v: v.abs().sum(dim=1))), backend="julia")
+    weighted = spec.build(spec.DEQSpec(f, solver=Broyden(norm=lambda v: v.abs().sum(dim=1))), backend="julia")
     with pytest.raises(ValueError, match="knows the norms pydeq.rms_norm, pydeq.max_norm and pydeq.l2_norm"):
         translate.julia_spec(weighted)
 
@@ -332,11 +332,11 @@ def test_a_continuous_deq_sends_its_methods_integration_tolerances():
     from pydeq import Dopri5, SteadyState, Tsit5
 
     f = spec.Chain(spec.Injection(z=spec.Dense(4, 4, bias=False), x=spec.Dense(3, 4)), spec.Tanh())
-    continuous = spec.build(spec.DEQ(f, solver=SteadyState(Dopri5(rtol=1e-5, atol=1e-7), rtol=1e-3, atol=1e-4)))
+    continuous = spec.build(spec.DEQSpec(f, solver=SteadyState(Dopri5(rtol=1e-5, atol=1e-7), rtol=1e-3, atol=1e-4)))
     tree = json.loads(translate.julia_spec(continuous))
     assert tree["solver"] == {"name": "DP5"} and (tree["reltol"], tree["abstol"]) == (1e-3, 1e-4)
     assert tree["integration"] == {"reltol": 1e-5, "abstol": 1e-7}  # DynamicSS's odesolve_kwargs
-    assert json.loads(translate.julia_spec(spec.build(spec.DEQ(f, solver=Broyden()))))["integration"] is None
-    fixed = spec.build(spec.DEQ(f, solver=SteadyState(Tsit5(dt=0.1))))
+    assert json.loads(translate.julia_spec(spec.build(spec.DEQSpec(f, solver=Broyden()))))["integration"] is None
+    fixed = spec.build(spec.DEQSpec(f, solver=SteadyState(Tsit5(dt=0.1))))
     with pytest.raises(ValueError, match=r"integrates adaptively; SteadyState\(Tsit5\(dt=0.1\)\) has a fixed step"):
         translate.julia_spec(fixed)

@@ -49,7 +49,7 @@ def _tight(dtype=torch.float64):
 
 def _pair(model_spec, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    native = spec.build(model_spec, backend="torch").to(dtype)
+    native = spec.build(model_spec, backend="native").to(dtype)
     for p in native.f.parameters():
         if p.dim() >= 2:
             with torch.no_grad():
@@ -65,7 +65,7 @@ def _dense_f(n=6, m=3):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_parity_dense(engine, dtype):
-    native, julia = _pair(spec.DEQ(_dense_f(), solver=_tight(dtype)), dtype)
+    native, julia = _pair(spec.DEQSpec(_dense_f(), solver=_tight(dtype)), dtype)
     x = torch.randn(5, 3, dtype=dtype)
     sol = julia(x, return_solution=True)
     torch.testing.assert_close(sol.z, native(x), rtol=1e-4, atol=1e-5)
@@ -80,9 +80,9 @@ def test_forward_parity_variants(engine, kind):
 
     f = _dense_f(4, 4)
     model_spec = {
-        "skip": spec.SkipDEQ(f, init=spec.Dense(4, 4), solver=_tight()),
-        "skipreg": spec.SkipRegDEQ(f, solver=_tight()),
-        "continuous": spec.DEQ(f, solver=SteadyState(Tsit5(), rtol=1e-8, atol=1e-10, max_steps=2000)),
+        "skip": spec.SkipDEQSpec(f, init=spec.Dense(4, 4), solver=_tight()),
+        "skipreg": spec.SkipRegDEQSpec(f, solver=_tight()),
+        "continuous": spec.DEQSpec(f, solver=SteadyState(Tsit5(), rtol=1e-8, atol=1e-10, max_steps=2000)),
     }[kind]
     native, julia = _pair(model_spec)
     x = torch.randn(3, 4, dtype=torch.float64)
@@ -92,7 +92,7 @@ def test_forward_parity_variants(engine, kind):
 def test_forward_parity_conv(engine):
     f = spec.Chain(spec.Injection(z=spec.Conv2d(2, 2, 3, padding=1, bias=False), x=spec.Conv2d(1, 2, 3, padding=1)),
                    spec.Tanh())
-    native, julia = _pair(spec.DEQ(f, solver=_tight()))
+    native, julia = _pair(spec.DEQSpec(f, solver=_tight()))
     x = torch.randn(2, 1, 5, 4, dtype=torch.float64)
     torch.testing.assert_close(julia(x), native(x), rtol=1e-5, atol=1e-5)
 
@@ -101,7 +101,7 @@ def test_gradients_gradcheck_float64(engine):
     from pydeq import GMRES, ImplicitAdjoint
 
     adjoint = ImplicitAdjoint(linear_solver=GMRES(rtol=1e-11, atol=1e-13))
-    _, julia = _pair(spec.DEQ(_dense_f(3, 2), solver=_tight(), adjoint=adjoint))
+    _, julia = _pair(spec.DEQSpec(_dense_f(3, 2), solver=_tight(), adjoint=adjoint))
     names = [k for k, _ in julia.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_(True) for p in julia.parameters())
     x = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
@@ -113,7 +113,7 @@ def test_gradients_gradcheck_float64(engine):
 
 
 def test_gradients_match_native(engine):
-    native, julia = _pair(spec.DEQ(_dense_f(), solver=_tight()))
+    native, julia = _pair(spec.DEQSpec(_dense_f(), solver=_tight()))
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     g = torch.randn(4, 6, dtype=torch.float64)
     a = torch.autograd.grad((julia(x) * g).sum(), (x, *julia.parameters()))
@@ -145,7 +145,7 @@ def test_conv_gradients_match_native_on_the_matrix_free_adjoint(engine):
     f = spec.Chain(spec.Injection(z=spec.Conv2d(2, 2, 3, padding=1, bias=False), x=spec.Conv2d(1, 2, 3, padding=1)),
                    spec.Tanh())
     adjoint = ImplicitAdjoint(linear_solver=GMRES(rtol=1e-10, atol=1e-12, max_steps=200))
-    native, julia = _pair(spec.DEQ(f, solver=_tight(), adjoint=adjoint))
+    native, julia = _pair(spec.DEQSpec(f, solver=_tight(), adjoint=adjoint))
     x = torch.randn(2, 1, 5, 4, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 2, 5, 4, dtype=torch.float64)
     a = torch.autograd.grad((julia(x) * g).sum(), (x, *julia.parameters()))
@@ -162,7 +162,7 @@ def test_a_capped_solve_reports_julias_verdict(engine, solver):
 
     capped = {"broyden": Broyden(rtol=1e-12, atol=1e-14, max_steps=1),
               "continuous": SteadyState(Tsit5(), rtol=1e-12, atol=1e-14, max_steps=2)}[solver]
-    _, julia = _pair(spec.DEQ(_dense_f(), solver=capped))
+    _, julia = _pair(spec.DEQSpec(_dense_f(), solver=capped))
     x = torch.randn(4, 3, dtype=torch.float64)
     julia.on_failure = "return"
     sol = julia(x, return_solution=True)
@@ -196,7 +196,7 @@ _CUDA_DEVICES = torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 @pytest.mark.skipif(_CUDA_DEVICES < 2, reason="needs two CUDA devices")
 def test_a_tensor_on_the_second_gpu_is_read_on_its_own_device(engine):
-    native, julia = _pair(spec.DEQ(_dense_f(), solver=_tight()))
+    native, julia = _pair(spec.DEQSpec(_dense_f(), solver=_tight()))
     native, julia = native.to("cuda:1"), julia.to("cuda:1")
     x = torch.randn(5, 3, dtype=torch.float64, device="cuda:1")
     torch.testing.assert_close(julia(x), native(x), rtol=1e-5, atol=1e-5)

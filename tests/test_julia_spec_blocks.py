@@ -48,7 +48,7 @@ def test_group_norm_matches_lux_semantics_in_julia_layout():
 
 def test_residual_adds_the_state_and_keeps_its_blocks_parameters():
     inner = spec.Chain(spec.Injection(z=spec.Dense(3, 3, bias=False), x=spec.Identity()), spec.Tanh())
-    model = spec.build(spec.DEQ(spec.Chain(spec.Residual(inner), spec.ReLU())))
+    model = spec.build(spec.DEQSpec(spec.Chain(spec.Residual(inner), spec.ReLU())))
     z, x = torch.randn(4, 3), torch.randn(4, 3)
     res = model.f.layers[0]
     expected = torch.relu(torch.tanh(res.block.layers[0].z(z) + x) + z)
@@ -65,7 +65,7 @@ def test_bench_style_residual_conv_cell_builds_and_counts_parameters():
     gn = spec.GroupNorm(g, c)
     f = spec.Chain(spec.Residual(spec.Chain(spec.Injection(z=spec.Chain(conv, gn, spec.ReLU(), conv),
                                                            x=spec.Identity()), gn)), spec.ReLU(), gn)
-    model = spec.build(spec.DEQ(f))
+    model = spec.build(spec.DEQSpec(f))
     tree = json.loads(translate.julia_spec(model))
     assert tree["num_parameters"] == sum(p.numel() for p in model.parameters()) == 2 * 9 * c * c + 3 * 2 * c
     offsets = []
@@ -92,4 +92,4 @@ def test_errors_teach():
     with pytest.raises(TypeError, match="Residual's block must be an Injection, a Residual or a Chain"):
         spec.Residual(spec.Dense(3, 3))
     with pytest.raises(TypeError, match="f must be an Injection, a Residual or a Chain"):
-        spec.DEQ(spec.Chain(spec.Dense(3, 3), spec.Residual(spec.Injection(z=spec.Dense(3, 3), x=spec.Identity()))))
+        spec.DEQSpec(spec.Chain(spec.Dense(3, 3), spec.Residual(spec.Injection(z=spec.Dense(3, 3), x=spec.Identity()))))

@@ -73,7 +73,7 @@ def test_conv_matches_lux_true_convolution_with_flipped_kernel():
     assert tuple(expected.shape[1:]) == block.out_shape((2, 5, 4))
 
 
-def _deq(kind=spec.DEQ, **kw):
+def _deq(kind=spec.DEQSpec, **kw):
     f = spec.Chain(spec.Injection(z=spec.Dense(4, 4, bias=False), x=spec.Dense(3, 4)), spec.Tanh())
     return spec.build(kind(f, **kw))
 
@@ -81,7 +81,7 @@ def _deq(kind=spec.DEQ, **kw):
 def test_json_offsets_are_contiguous_and_in_spec_order():
     init = spec.Chain(spec.Dense(3, 4), spec.ReLU())
     f = spec.Chain(spec.Injection(z=spec.Dense(4, 4, bias=False), x=spec.Dense(3, 4)), spec.Tanh())
-    model = spec.build(spec.SkipDEQ(f, init=init))
+    model = spec.build(spec.SkipDEQSpec(f, init=init))
     tree = json.loads(translate.julia_spec(model))
     inj = tree["f"]["layers"][0]
     slots = inj["z"]["params"] + inj["x"]["params"] + tree["init"]["layers"][0]["params"]
@@ -128,15 +128,15 @@ def test_errors_teach():
     from pydeq import Anderson
 
     with pytest.raises(TypeError, match="Injection"):
-        spec.DEQ(spec.Dense(3, 3))
+        spec.DEQSpec(spec.Dense(3, 3))
     with pytest.raises(TypeError, match="init="):
-        spec.SkipDEQ(spec.Injection(z=spec.Dense(2, 2), x=spec.Dense(2, 2)))
+        spec.SkipDEQSpec(spec.Injection(z=spec.Dense(2, 2), x=spec.Dense(2, 2)))
     with pytest.raises(TypeError, match="spec blocks"):
         spec.Chain(torch.nn.Tanh())
     with pytest.raises(ValueError, match="no counterpart of Anderson"):
         translate.julia_spec(_deq(solver=Anderson()))
     with pytest.raises(ValueError, match="backend must be one of"):
-        spec.build(spec.DEQ(spec.Injection(z=spec.Dense(2, 2), x=spec.Dense(2, 2))), backend="jax")
+        spec.build(spec.DEQSpec(spec.Injection(z=spec.Dense(2, 2), x=spec.Dense(2, 2))), backend="jax")
     with pytest.raises(ValueError, match=r"per-sample shape \(3,\)"):
         spec.Dense(3, 2).out_shape((4,))
 
@@ -144,17 +144,18 @@ def test_errors_teach():
 def test_backend_from_environment(monkeypatch):
     monkeypatch.setenv(spec.BACKEND_ENV, "julia")
     assert _deq().backend == "julia"
-    monkeypatch.setenv(spec.BACKEND_ENV, "torch")
-    assert _deq().backend == "torch"
-    assert spec.build(_deq().spec, backend="native").backend == "torch"
+    monkeypatch.setenv(spec.BACKEND_ENV, "native")
+    assert _deq().backend == "native"
+    with pytest.warns(DeprecationWarning, match=r"backend='torch' is now spelled backend='native'"):
+        assert spec.build(_deq().spec, backend="torch").backend == "native"
 
 
 def test_state_dict_and_pickle_need_no_julia(tmp_path):
-    model = _deq(kind=spec.SkipRegDEQ)
+    model = _deq(kind=spec.SkipRegDEQSpec)
     model.backend = "julia"
     clone = pickle.loads(pickle.dumps(model))
     assert clone.backend == "julia" and clone.spec == model.spec
-    fresh = _deq(kind=spec.SkipRegDEQ)
+    fresh = _deq(kind=spec.SkipRegDEQSpec)
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(translate.julia_parameters(fresh), translate.julia_parameters(model))
     code = (
@@ -171,13 +172,19 @@ def test_native_backend_solves_the_linear_deq():
     from pydeq import Broyden
 
     f = spec.Injection(z=spec.Dense(4, 4, bias=False), x=spec.Dense(3, 4))
-    model = spec.build(spec.DEQ(f, solver=Broyden(rtol=1e-10, atol=1e-12, max_steps=100))).double()
+    model = spec.build(spec.DEQSpec(f, solver=Broyden(rtol=1e-10, atol=1e-12, max_steps=100))).double()
     with torch.no_grad():
         model.f.z.weight.mul_(0.5)
     x = torch.randn(5, 3, dtype=torch.float64)
     W = model.f.z.weight
     expected = torch.linalg.solve(torch.eye(4, dtype=torch.float64) - W, model.f.x(x).T).T
     torch.testing.assert_close(model(x), expected, rtol=1e-7, atol=1e-8)
-    skip = spec.build(spec.SkipRegDEQ(f, solver=Broyden(rtol=1e-10, atol=1e-12, max_steps=100))).double()
+    skip = spec.build(spec.SkipRegDEQSpec(f, solver=Broyden(rtol=1e-10, atol=1e-12, max_steps=100))).double()
     skip.load_state_dict(model.state_dict())
     torch.testing.assert_close(skip(x), expected, rtol=1e-7, atol=1e-8)
+
+
+def test_old_spec_names_are_deprecated_aliases():
+    for old, new in (("DEQ", spec.DEQSpec), ("SkipDEQ", spec.SkipDEQSpec), ("SkipRegDEQ", spec.SkipRegDEQSpec)):
+        with pytest.warns(DeprecationWarning, match=rf"pydeq.spec.{old} is now pydeq.spec.{new.__name__}"):
+            assert getattr(spec, old) is new

@@ -233,7 +233,7 @@ def julia_core(core: nn.Module, translate: Callable[[nn.Module], TranslatedCell 
     init = standard_block(core.init) if kind == "SkipDEQ" else None
     if isinstance(init, str):
         return f"the Skip DEQ's initial-state network: {init}"
-    kinds = {"DEQ": spec.DEQ, "SkipDEQ": spec.SkipDEQ, "SkipRegDEQ": spec.SkipRegDEQ}
+    kinds = {"DEQ": spec.DEQSpec, "SkipDEQ": spec.SkipDEQSpec, "SkipRegDEQ": spec.SkipRegDEQSpec}
     extra = {"init": init.block} if init is not None else {}
     try:
         model_spec = kinds[kind](cell.block, solver=core.solver, adjoint=core.adjoint, **extra)

@@ -28,7 +28,7 @@ _REMEDIES = (
     "PYTHON_JULIACALL_EXE=/path/to/julia and PYTHON_JULIACALL_PROJECT=/path/to/project (a Julia project where "
     f'you ran: using Pkg; Pkg.develop(path="{PROJECT_DIR}")); (3) let juliapkg install Julia and the packages: '
     "go online for the first start and unset PYTHON_JULIAPKG_OFFLINE (later starts work offline). "
-    "Or keep the native engine: backend='torch'."
+    "Or keep the native engine: backend='native'."
 )
 
 

@@ -43,7 +43,7 @@ from ..spec.blocks import (
     Tanh,
     as_pair,
 )
-from ..spec.models import KINDS, SkipDEQ, SpecModel
+from ..spec.models import KINDS, SkipDEQSpec, SpecModel
 
 __all__ = ["dense_weight_to_julia", "conv_weight_to_julia", "lux_node", "julia_tree", "julia_spec",
            "julia_parameters", "FORMAT", "JULIA_DEFAULT_TOLERANCES", "JULIA_DEFAULT_ADJOINT"]
@@ -85,7 +85,7 @@ def lux_node(block: AbstractBlock, module: nn.Module, offset: int) -> tuple[dict
     """The block's JSON node and its parameters as flat column-major tensors, starting at ``offset``."""
     if type(block) in _JULIA_ACTIVATIONS:
         return {"type": "Activation", "function": _JULIA_ACTIVATIONS[type(block)]}, []
-    raise TypeError(f"the Julia engine has no Lux counterpart of {type(block).__name__}; use backend='torch'.")
+    raise TypeError(f"the Julia engine has no Lux counterpart of {type(block).__name__}; use backend='native'.")
 
 
 @lux_node.register
@@ -147,7 +147,7 @@ def _julia_norm(norm: Any) -> str:
     names = {rms_norm: "rms", max_norm: "max", l2_norm: "l2"}
     if norm not in names:
         raise ValueError(f"the Julia engine knows the norms pydeq.rms_norm, pydeq.max_norm and pydeq.l2_norm; got "
-                         f"{norm!r}. Use one of them, or backend='torch' for a custom norm.")
+                         f"{norm!r}. Use one of them, or backend='native' for a custom norm.")
     return names[norm]
 def _julia_solver(solver: Any) -> dict:
     if solver is None:
@@ -162,13 +162,13 @@ def _julia_solver(solver: Any) -> dict:
                              f"{sorted(_JULIA_ODE)}")
         if getattr(solver.method, "dt", None) is not None:
             raise ValueError(f"the Julia engine integrates adaptively; SteadyState({method}(dt={solver.method.dt})) "
-                             f"has a fixed step. Drop dt, or use backend='torch'.")
+                             f"has a fixed step. Drop dt, or use backend='native'.")
         name = _JULIA_ODE[method]
     elif kind in _JULIA_ROOT:
         name = _JULIA_ROOT[kind]
     else:
         raise ValueError(f"the Julia engine has no counterpart of {kind}; use Broyden(...), NewtonKrylov(...) or "
-                         "SteadyState(Tsit5() / Dopri5() / BS3()), or backend='torch'")
+                         "SteadyState(Tsit5() / Dopri5() / BS3()), or backend='native'")
     return {"name": name, "reltol": float(solver.rtol), "abstol": float(solver.atol), "maxiters": int(solver.max_steps),
             "norm": _julia_norm(solver.norm)}
 
@@ -197,7 +197,7 @@ def julia_tree(model: SpecModel) -> tuple[dict, list[Tensor]]:
     spec = model.spec
     f_node, flats = lux_node(spec.f, model.f, 0)
     init_node = None
-    if isinstance(spec, SkipDEQ):
+    if isinstance(spec, SkipDEQSpec):
         init_node, init_flats = lux_node(spec.init, model.init, sum(t.numel() for t in flats))
         flats = flats + init_flats
     solver = _julia_solver(spec.solver)

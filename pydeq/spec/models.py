@@ -1,4 +1,4 @@
-"""Model specs (DEQ, Skip DEQ, Skip Reg DEQ) and the ``nn.Module`` they build, on whichever engine is registered.
+"""Model specs (``DEQSpec``, ``SkipDEQSpec``, ``SkipRegDEQSpec``) and the ``nn.Module`` they build, on any engine.
 
 :func:`build` turns a spec into a :class:`SpecModel`, an ``nn.Module`` that owns the parameters (``state_dict``
 and pickling never need Julia) and solves with the native engine or another registered one. Engines register
@@ -9,6 +9,7 @@ module never imports it.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
@@ -20,15 +21,15 @@ from .._solution import Solution
 from ..fixed_point import fixed_point, report_failures
 from .blocks import AbstractBlock, check_f
 
-__all__ = ["DEQ", "SkipDEQ", "SkipRegDEQ", "KINDS", "SpecModel", "build", "register_engine", "BACKENDS",
+__all__ = ["DEQSpec", "SkipDEQSpec", "SkipRegDEQSpec", "KINDS", "SpecModel", "build", "register_engine", "BACKENDS",
            "BACKEND_ENV"]
 
-BACKENDS = ("torch", "julia")
+BACKENDS = ("native", "julia")
 BACKEND_ENV = "PYDEQ_BACKEND"
 
 
 @dataclass(frozen=True)
-class DEQ:
+class DEQSpec:
     """``z* = f(z*, x)`` started from zeros. ``solver=SteadyState(Tsit5())`` makes it a continuous DEQ.
 
     Args:
@@ -49,7 +50,7 @@ class DEQ:
 
 
 @dataclass(frozen=True)
-class SkipDEQ(DEQ):
+class SkipDEQSpec(DEQSpec):
     """Skip DEQ (Pal et al. 2022): an explicit network ``init`` predicts the start ``z0 = init(x)``."""
 
     init: AbstractBlock | None = None
@@ -61,11 +62,11 @@ class SkipDEQ(DEQ):
 
 
 @dataclass(frozen=True)
-class SkipRegDEQ(DEQ):
+class SkipRegDEQSpec(DEQSpec):
     """Skip Reg DEQ (Pal et al. 2022): no extra network, the start is ``z0 = f(0, x)``."""
 
 
-KINDS = {DEQ: "DEQ", SkipDEQ: "SkipDEQ", SkipRegDEQ: "SkipRegDEQ"}
+KINDS = {DEQSpec: "DEQ", SkipDEQSpec: "SkipDEQ", SkipRegDEQSpec: "SkipRegDEQ"}
 """The model kinds by spec class, as the Julia side names them."""
 
 Engine = Callable[["SpecModel", Tensor], Solution]
@@ -76,7 +77,7 @@ _UNREGISTERED = {"julia": "import pydeq.julia first (pip install 'pydeq[julia]';
 def register_engine(name: str, solve: Engine) -> None:
     """Make ``backend=name`` run ``solve(model, x) -> Solution`` (gradients attached, no failure policy applied:
     :class:`SpecModel` applies ``on_failure``). The Julia bridge registers ``"julia"`` when imported."""
-    if name not in BACKENDS or name == "torch":
+    if name not in BACKENDS or name == "native":
         raise ValueError(f"register_engine takes one of {BACKENDS[1:]}; got {name!r}")
     _ENGINES[name] = solve
 
@@ -94,14 +95,15 @@ class SpecModel(nn.Module):
     every sample (docs/julia.md).
     """
 
-    def __init__(self, spec: DEQ, *, backend: str | None = None, on_failure: str = "warn"):
+    def __init__(self, spec: DEQSpec, *, backend: str | None = None, on_failure: str = "warn"):
         super().__init__()
         if type(spec) not in KINDS:
-            raise TypeError(f"spec must be spec.DEQ, spec.SkipDEQ or spec.SkipRegDEQ; got {type(spec).__name__}")
+            raise TypeError(f"spec must be spec.DEQSpec, spec.SkipDEQSpec or spec.SkipRegDEQSpec; got "
+                            f"{type(spec).__name__}")
         check_policy(on_failure)
         self.spec = spec
         self.f = spec.f.module()
-        self.init = spec.init.module() if isinstance(spec, SkipDEQ) else None
+        self.init = spec.init.module() if isinstance(spec, SkipDEQSpec) else None
         self.backend = backend
         self.on_failure = on_failure
 
@@ -111,27 +113,30 @@ class SpecModel(nn.Module):
 
     @backend.setter
     def backend(self, value: str | None) -> None:
-        value = value if value is not None else os.environ.get(BACKEND_ENV, "torch")
-        value = "torch" if value == "native" else value  # `pydeq bench --backend native` spelling
+        value = value if value is not None else os.environ.get(BACKEND_ENV, "native")
+        if value == "torch":  # the old name of the native engine
+            warnings.warn("backend='torch' is now spelled backend='native' (as in `pydeq bench --backend`); 'torch' "
+                          "goes in the next release.", DeprecationWarning, stacklevel=3)
+            value = "native"
         if value not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {value!r} (from the argument or ${BACKEND_ENV})")
         self._backend = value
 
     def state_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Per-sample state shape for per-sample input shape ``x_shape``."""
-        if isinstance(self.spec, SkipDEQ):
+        if isinstance(self.spec, SkipDEQSpec):
             return self.spec.init.out_shape(tuple(x_shape))
         return self.spec.f.out_shape(tuple(x_shape))
 
     def initial_state(self, x: Tensor) -> Tensor:
         """``z0``: zeros (DEQ), ``init(x)`` (Skip DEQ) or ``f(0, x)`` (Skip Reg DEQ)."""
-        if isinstance(self.spec, SkipDEQ):
+        if isinstance(self.spec, SkipDEQSpec):
             return self.init(x)
         zeros = x.new_zeros((x.shape[0], *self.state_shape(tuple(x.shape[1:]))))
-        return self.f(zeros, x) if isinstance(self.spec, SkipRegDEQ) else zeros
+        return self.f(zeros, x) if isinstance(self.spec, SkipRegDEQSpec) else zeros
 
     def forward(self, x: Tensor, return_solution: bool = False) -> Any:
-        if self.backend == "torch":
+        if self.backend == "native":
             solution = fixed_point(self.f, x, self.initial_state(x), solver=self.spec.solver,
                                    adjoint=self.spec.adjoint, on_failure=self.on_failure)
         else:
@@ -144,7 +149,7 @@ class SpecModel(nn.Module):
         return solution if return_solution else solution.z
 
 
-def build(spec: DEQ, *, backend: str | None = None, on_failure: str = "warn") -> SpecModel:
-    """Build the torch module for ``spec``; ``backend`` ``"torch"`` (default, or ``$PYDEQ_BACKEND``) or ``"julia"``;
+def build(spec: DEQSpec, *, backend: str | None = None, on_failure: str = "warn") -> SpecModel:
+    """Build the torch module for ``spec``; ``backend`` ``"native"`` (default, or ``$PYDEQ_BACKEND``) or ``"julia"``;
     ``on_failure`` as for :func:`pydeq.fixed_point`, on either engine."""
     return SpecModel(spec, backend=backend, on_failure=on_failure)

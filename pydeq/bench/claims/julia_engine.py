@@ -2,7 +2,7 @@
 
 Model: the engine claim's tanh-MLP DEQ ``z* = tanh(W z + U x + b)`` (batch 128, input 784, state 128, ``W`` at
 spectral norm 0.9, float32) written as a :mod:`pydeq.spec` model, so that one :class:`~pydeq.spec.SpecModel` runs
-natively (``backend="torch"``) and in Julia (``backend="julia"``) on the same parameters. Forward: Broyden (the
+natively (``backend="native"``) and in Julia (``backend="julia"``) on the same parameters. Forward: Broyden (the
 engine claim's Anderson has no Julia counterpart) to a relative residual of 1e-4 in ``pydeq.rms_norm``, at most 60
 steps; backward: implicit, GMRES to a relative 1e-5, at most 40 iterations. The native solver stops each sample
 on its own test, the Julia solve stops the batch together on its worst sample, so NFE and residuals differ even
@@ -62,7 +62,7 @@ def _model(ctx: BenchContext) -> spec.SpecModel:
     f = spec.Chain(spec.Injection(z=spec.Dense(STATE, STATE, bias=False), x=spec.Dense(INPUT, STATE)), spec.Tanh())
     solver = pydeq.Broyden(rtol=FWD_RTOL, atol=0.0, max_steps=MAX_STEPS)
     adjoint = pydeq.ImplicitAdjoint(linear_solver=pydeq.GMRES(rtol=BWD_RTOL, atol=0.0, max_steps=BWD_STEPS))
-    model = spec.build(spec.DEQ(f, solver=solver, adjoint=adjoint), on_failure="return")
+    model = spec.build(spec.DEQSpec(f, solver=solver, adjoint=adjoint), on_failure="return")
     gen = torch.Generator().manual_seed(ctx.seed + STATE)
     with torch.no_grad():
         injection = model.f.layers[0]
@@ -98,7 +98,7 @@ def _reference(model: spec.SpecModel, x: torch.Tensor, c: torch.Tensor) -> torch
     tight = pydeq.Broyden(rtol=1e-11, atol=0.0, max_steps=300)
     linear = pydeq.GMRES(rtol=1e-11, atol=0.0, max_steps=300)
     ref.spec = dataclasses.replace(ref.spec, solver=tight, adjoint=pydeq.ImplicitAdjoint(linear_solver=linear))
-    ref.backend = "torch"
+    ref.backend = "native"
     (ref(x.double()) * c.double()).sum().backward()
     return torch.cat([p.grad.reshape(-1) for p in ref.parameters()])
 
@@ -126,7 +126,7 @@ def engine_native_vs_julia(ctx: BenchContext) -> ClaimResult:
     c = torch.randn(BATCH, STATE, generator=gen).to(ctx.device)
     ref = _reference(model, x, c)
     runs: dict[str, list[dict[str, Any]]] = {"julia": [], "native": []}
-    backends = {"julia": "julia", "native": "torch"}
+    backends = {"julia": "julia", "native": "native"}
     for name in runs:  # warm-up: the first Julia call compiles
         _step(model, backends[name], x, c)
     for _ in ctx.bar(range(max(ctx.repeats, 3)), desc="engine: native vs Julia"):
