@@ -188,3 +188,15 @@ def test_old_spec_names_are_deprecated_aliases():
     for old, new in (("DEQ", spec.DEQSpec), ("SkipDEQ", spec.SkipDEQSpec), ("SkipRegDEQ", spec.SkipRegDEQSpec)):
         with pytest.warns(DeprecationWarning, match=rf"pydeq.spec.{old} is now pydeq.spec.{new.__name__}"):
             assert getattr(spec, old) is new
+
+
+def test_a_backend_without_a_registered_engine_says_how_to_get_one(monkeypatch):
+    from pydeq.spec import models
+
+    monkeypatch.setattr(models, "_ENGINES", {})
+    model = _deq()
+    model.backend = "julia"
+    with pytest.raises(RuntimeError, match=r"backend='julia' has no engine registered: import pydeq.julia first"):
+        model(torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"register_engine takes one of \('julia',\); got 'native'"):
+        spec.register_engine("native", lambda model, x: None)
