@@ -4,7 +4,7 @@ The native PyTorch engine is the default and runs everywhere; the Julia engine (
 optional and only imported when asked for.
 """
 
-from . import interop, spec
+from . import compat, interop, spec
 from ._adjoint import (
     AbstractAdjoint,
     BroydenReuseAdjoint,
@@ -18,13 +18,21 @@ from ._norms import l2_norm, max_norm, rms_norm
 from ._ode import (
     BS3,
     RK4,
+    RK38,
     VCAB3,
     AbstractODEAdjoint,
     AbstractODESolver,
     BacksolveAdjoint,
+    CheckpointAdjoint,
     DirectAdjoint,
     Dopri5,
     Euler,
+    Event,
+    Fehlberg2,
+    Heun2,
+    Heun3,
+    HeunEuler,
+    Midpoint,
     PIController,
     ResidualEuler,
     SteadyState,
@@ -73,10 +81,11 @@ __all__ = [
     "ResidualEuler", "Stagnation",
     # ODE integrators
     "AbstractODESolver", "Tsit5", "Dopri5", "BS3", "VCAB3", "Euler", "RK4", "PIController",
+    "HeunEuler", "Fehlberg2", "Midpoint", "Heun2", "Heun3", "RK38", "Event", "CheckpointAdjoint",
     # adjoints and linear solvers
     "AbstractAdjoint", "ImplicitAdjoint", "BroydenReuseAdjoint", "JacobianFreeAdjoint", "PhantomAdjoint",
     "UnrolledAdjoint", "AbstractODEAdjoint", "DirectAdjoint", "BacksolveAdjoint", "AbstractLinearSolver", "GMRES",
     "Neumann", "Direct",
     # modules
-    "interop", "spec",
+    "compat", "interop", "spec",
 ]

@@ -18,6 +18,7 @@ class Status(enum.IntEnum):
     MAX_STEPS = 1
     NONFINITE = 2
     STAGNATED = 3
+    STEP_TOO_SMALL = 4
 
     @property
     def message(self) -> str:
@@ -37,6 +38,10 @@ _MESSAGES = {
     Status.STAGNATED: (
         "the residual stopped decreasing before the tolerance was met: loosen the tolerance or "
         "change solver"
+    ),
+    Status.STEP_TOO_SMALL: (
+        "an ODE step was rejected at the smallest step allowed (dtmin): the solution changes faster than dtmin "
+        "resolves (stiffness, a discontinuity or a blow-up); lower dtmin, loosen rtol/atol, or check the field"
     ),
 }
 

@@ -1,116 +1,70 @@
-"""One explicit Runge–Kutta step and the one driver loop that integrates a batch, each sample on its own clock.
+"""The one driver loop that integrates a batch, each sample on its own clock.
 
-Every sample carries its own time ``t``, step ``dt``, error ratio and accept/reject decision, so a sample's
-trajectory does not depend on the batch it is solved in. Samples that reached ``t1`` (or failed) are frozen.
-The step-size decisions are made on detached values: back-propagating through the loop (``DirectAdjoint``)
-differentiates the discrete scheme on the step sequence it took.
+Every sample carries its own time ``s``, step ``dt``, error ratio and accept/reject decision, so a sample's
+trajectory does not depend on the batch it is solved in. Samples that reached ``s1`` (or failed, or hit an
+event) are frozen. The loop always runs forward in ``s``; :mod:`~pydeq._ode.times` maps backward solves onto it.
+What happens after a step besides moving the state (dense output, a recorded tape, the backsolve quadrature)
+is an observer called with the :class:`StepRecord`; an event locator may cut a step short.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from .._batched import freeze
-from .._norms import Norm, rms_norm
 from .._solution import Status
 from .solvers import AbstractODESolver
-from .tableau import ButcherTableau
+from .step import (  # noqa: F401  (rk_step, error_ratio, initial_dt: the stepping API other solvers import here)
+    RKStep,
+    VectorField,
+    attempt_step,
+    error_ratio,
+    initial_dt,
+    initial_step,
+    per_sample,
+    rk_step,
+)
 
-__all__ = ["ODERun", "integrate", "rk_step", "error_ratio", "initial_dt"]
+__all__ = ["ODERun", "StepRecord", "integrate", "rk_step", "error_ratio", "initial_dt", "check_field_output",
+           "VectorField"]
 
-VectorField = Callable[[Tensor, Tensor], Tensor]  # F(t: (batch,), u: (batch, *state)) -> (batch, *state)
-
-
-def _per_sample(h: Tensor, like: Tensor) -> Tensor:
-    """``(batch,) -> (batch, 1, ..., 1)`` to broadcast against ``like``."""
-    return h.reshape(h.shape + (1,) * (like.dim() - 1))
+_per_sample = per_sample  # the old private name, kept for callers inside pydeq
 
 
-def rk_step(tab: ButcherTableau, fn: VectorField, t: Tensor, u: Tensor, h: Tensor,
-            k1: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """One step of ``tab`` from ``(t, u)`` with per-sample step ``h: (batch,)`` and first stage ``k1 = F(t, u)``.
+@dataclass
+class StepRecord:
+    """One pass of the loop: each sample went from ``(s, u)`` by a step of ``h`` to ``(s_next, u_next)``.
 
-    Returns:
-        ``(u_new, err, k_last)``: the new state, the embedded error ``h * sum_i b_err_i k_i`` (``None``
-        without an embedded pair) and, for FSAL tableaux, ``F(t + h, u_new)`` (else ``None``).
+    ``accept: (batch,)``; where it is False, ``s_next == s`` and ``u_next == u``. ``step`` holds the stages
+    (for dense output). ``theta: (batch,)`` is 1 except where an event cut the step at ``s + theta h``.
     """
-    hb = _per_sample(h, u)
-    # Without autograd the stages go into one stage-major buffer and every combination sum_j a_ij k_j is one
-    # vector-matrix product (a Tsit5 step: ~15 tensor ops instead of ~60). Autograd needs the stages as
-    # separate tensors (an in-place write would invalidate the saved ones), so it takes the term-by-term path.
-    if torch.is_grad_enabled():
-        return _rk_step_terms(tab, fn, t, u, hb, h, k1)
-    K = k1.new_empty((len(tab.c),) + k1.shape)
-    K[0] = k1
-    u_stage = u
-    for i, (ci, row) in enumerate(zip(tab.c[1:], tab.a, strict=True), start=1):
-        u_stage = torch.addcmul(u, hb, _combine_stages(row, K[:i]))
-        K[i] = fn(t + ci * h, u_stage)
-    if tab.fsal:
-        u_new, k_last = u_stage, K[-1]  # the last stage was taken at u_new = u + h * sum b_i k_i
-    else:
-        u_new, k_last = torch.addcmul(u, hb, _combine_stages(tab.b, K)), None
-    err = None if tab.b_err is None else hb * _combine_stages(tab.b_err, K)
-    return u_new, err, k_last
+
+    s: Tensor
+    s_next: Tensor
+    h: Tensor
+    u: Tensor
+    u_next: Tensor
+    step: RKStep
+    accept: Tensor
+    theta: Tensor
 
 
-def _combine_stages(weights: tuple[float, ...], K: Tensor) -> Tensor:
-    """``sum_j weights[j] * K[j]`` for stage-major ``K: (stages, batch, *state)``, as one product."""
-    return (_weights(weights, K.dtype, K.device) @ K.reshape(K.shape[0], -1)).reshape(K.shape[1:])
+class EventLocator(Protocol):
+    """Finds where, within an accepted step, a sample's event function crosses zero."""
 
-
-@functools.lru_cache(maxsize=256)
-def _weights(weights: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.tensor(weights, dtype=dtype, device=device)
-
-
-def _rk_step_terms(tab: ButcherTableau, fn: VectorField, t: Tensor, u: Tensor, hb: Tensor, h: Tensor,
-                   k1: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """:func:`rk_step` with the stages kept as separate tensors (differentiable)."""
-    ks = [k1]
-    u_stage = u
-    for ci, row in zip(tab.c[1:], tab.a, strict=True):
-        incr = sum(aij * kj for aij, kj in zip(row, ks, strict=True) if aij != 0.0)
-        u_stage = u + hb * incr
-        ks.append(fn(t + ci * h, u_stage))
-    if tab.fsal:
-        u_new, k_last = u_stage, ks[-1]
-    else:
-        u_new, k_last = u + hb * sum(bi * ki for bi, ki in zip(tab.b, ks, strict=True) if bi != 0.0), None
-    err = None
-    if tab.b_err is not None:
-        err = hb * sum(ei * ki for ei, ki in zip(tab.b_err, ks, strict=True) if ei != 0.0)
-    return u_new, err, k_last
-
-
-def error_ratio(err: Tensor, u: Tensor, u_new: Tensor, rtol: float, atol: float, norm: Norm = rms_norm) -> Tensor:
-    """``(batch,)`` ``norm`` (RMS by default) of ``err / (atol + rtol * max(|u|, |u_new|))``; accept if <= 1."""
-    scale = atol + rtol * torch.maximum(u.abs(), u_new.abs())
-    return norm(err / scale)
-
-
-@torch.no_grad()
-def initial_dt(fn: VectorField, t: Tensor, u: Tensor, f0: Tensor, order: int, rtol: float, atol: float) -> Tensor:
-    """Per-sample first step (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4); one extra call of F."""
-    scale = atol + rtol * u.abs()
-    d0, d1 = rms_norm(u / scale), rms_norm(f0 / scale)
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-30))
-    f1 = fn(t + h0, u + _per_sample(h0, u) * f0)
-    d2 = rms_norm((f1 - f0) / scale) / h0
-    dmax = torch.maximum(d1, d2)
-    h1 = torch.where(dmax <= 1e-15, torch.clamp_min(h0 * 1e-3, 1e-6),
-                     (0.01 / dmax.clamp_min(1e-30)).pow(1.0 / (order + 1)))
-    return torch.minimum(100 * h0, h1)
+    def locate(self, rec: StepRecord) -> tuple[Tensor, Tensor, Tensor]:
+        """``(hit: (batch,) bool, theta: (batch,), u_event)`` for the step just taken."""
 
 
 @dataclass
 class ODERun:
-    """What :func:`integrate` returns; every tensor is ``(batch,)`` except ``u``."""
+    """What :func:`integrate` returns; every tensor is ``(batch,)`` except ``u``. ``hit`` marks the samples
+    stopped by an event (``None`` without one)."""
 
     u: Tensor
     t: Tensor
@@ -118,79 +72,126 @@ class ODERun:
     accepted: Tensor
     rejected: Tensor
     nfe: int
+    hit: Tensor | None = None
 
 
-def integrate(solver: AbstractODESolver, fn: VectorField, u0: Tensor, t0: Tensor, t1: Tensor, *,
-              max_steps: int, reuse_last_stage: bool = True,
-              on_accept: Callable[[Tensor, Tensor], None] | None = None) -> ODERun:
-    """Integrate ``du/dt = fn(t, u)`` from per-sample ``t0: (batch,)`` to ``t1: (batch,)``.
+def check_field_output(out: Any, u: Tensor, *, name: str = "fn(t, u)", hint: str = "") -> None:
+    """Reject a field value whose shape or dtype differs from the state's (it would broadcast or promote)."""
+    if isinstance(out, Tensor) and out.shape == u.shape and out.dtype == u.dtype:
+        return
+    got = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, Tensor) else type(out).__name__
+    raise ValueError(f"{name} must return the shape and dtype of u, {tuple(u.shape)} {u.dtype}; got {got}. "
+                     + (hint or "Return one derivative per entry of u, in u's dtype (e.g. out.to(u.dtype))."))
+
+
+class _Counted:
+    """Calls the field, checks every answer's shape and dtype, counts the batched calls."""
+
+    def __init__(self, fn: VectorField):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, t: Tensor, u: Tensor) -> Tensor:
+        self.calls += 1
+        out = self.fn(t, u)
+        check_field_output(out, u)
+        return out
+
+
+def _finite(x: Tensor) -> Tensor:
+    """``x`` with infinities replaced by 0 (an open end, ``t1 = inf``, sets no scale)."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def _targets(solver: AbstractODESolver, s: Tensor, s0: Tensor, s1: Tensor, dt: Tensor, grid_k: Tensor,
+             stops: Tensor | None, slack: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(h, s_next, on_grid)``: the step each sample tries and where it lands if accepted.
+
+    Adaptive steps are cut to land on ``s1``; fixed steps run on the grid ``s0 + k dt`` and are cut to land on
+    every stop (output time). Landing points are assigned exactly, so no sliver of a step is left over: a target
+    within ``slack`` (a few ulps of the clock) of the next one is snapped to it.
+    """
+    if solver.adaptive:
+        last = dt >= (s1 - s) - slack
+        return torch.where(last, s1 - s, dt), torch.where(last, s1, s + dt), grid_k
+    # fixed: k dt from s0, not a running sum, so k steps of (s1 - s0) / k land on s1 without a sliver
+    grid = s0 + (grid_k + 1).to(s.dtype) * solver.dt
+    if stops is None:
+        stop = s1
+    else:
+        idx = torch.searchsorted(stops, s[:, None].contiguous(), right=True).clamp_max(stops.shape[1] - 1)
+        stop = stops.gather(1, idx).squeeze(1)
+    snap = grid >= stop - slack
+    target = torch.where(snap, stop, grid)
+    on_grid = grid_k + (grid <= stop + slack).long()
+    return target - s, target, on_grid
+
+
+def integrate(solver: AbstractODESolver, fn: VectorField, u0: Tensor, s0: Tensor, s1: Tensor, *,
+              max_steps: int, stops: Tensor | None = None, reuse_last_stage: bool = True,
+              observers: Sequence[Callable[[StepRecord], None]] = (), event: EventLocator | None = None) -> ODERun:
+    """Integrate ``du/ds = fn(s, u)`` from per-sample ``s0: (batch,)`` to ``s1: (batch,)``, ``s1 >= s0``.
 
     Args:
-        solver: the method; fixed-step when ``solver.dt`` is set.
-        fn: the vector field, called on the whole batch with per-sample times ``t: (batch,)``.
+        solver: the method; fixed-step when ``solver.adaptive`` is False.
+        fn: the vector field, called on the whole batch with per-sample times ``s: (batch,)``.
         u0: ``(batch, *state)``.
         max_steps: attempted steps (accepted + rejected) per sample before status ``MAX_STEPS``.
+        stops: ``(batch, n)`` increasing times that fixed steps land on (the output times); adaptive steps
+            ignore them (dense output reaches the output times between steps).
         reuse_last_stage: use FSAL when the tableau has it. The backsolve adjoint turns it off so that
             every stage of a step is evaluated (and recorded) within that step.
-        on_accept: called after each step with ``(accepted: (batch,) bool, h: (batch,))``; the backsolve
-            adjoint uses it to add the parameter quadrature of the accepted steps.
+        observers: called after every step with its :class:`StepRecord` (dense output, tapes, quadratures).
+        event: stops a sample inside the step where its event function crosses zero.
     """
-    tab = solver.tableau
-    calls = [0]
-
-    def counted(t: Tensor, u: Tensor) -> Tensor:
-        calls[0] += 1
-        return fn(t, u)
-
+    tab, counted = solver.tableau, _Counted(fn)
     batch, device = u0.shape[0], u0.device
     eps = torch.finfo(u0.dtype).eps
     fsal = reuse_last_stage and tab.fsal
-    t, u = t0.clone(), u0
-    span = t1 - t0
-    k1 = counted(t, u) if (fsal or solver.adaptive) else None
-    if not solver.adaptive:
-        dt = torch.full_like(t, solver.dt)
-    elif solver.dt0 is not None:
-        dt = torch.full_like(t, solver.dt0)
-    else:
-        dt = initial_dt(counted, t, u.detach(), k1.detach(), tab.error_order, solver.rtol, solver.atol)
-    dt = torch.minimum(dt, span)
-    prev_ratio = torch.ones_like(t)
-    active = span > 0
+    s, u = s0.clone(), u0
+    k1 = counted(s, u) if (fsal or solver.adaptive) else None
+    dt = torch.minimum(initial_step(solver, counted, s, u, k1), s1 - s0)
+    prev_ratio, grid_k = torch.ones_like(s), torch.zeros(batch, dtype=torch.int64, device=device)
+    active = s1 > s0
     status = torch.where(active, int(Status.MAX_STEPS), int(Status.SUCCESS)).to(torch.int64)
-    accepted = torch.zeros(batch, dtype=torch.int64, device=device)
-    rejected = torch.zeros_like(accepted)
+    accepted, rejected = torch.zeros_like(grid_k), torch.zeros_like(grid_k)
+    hit_any = torch.zeros_like(active) if event is not None else None
+    scale = torch.maximum(s0.abs(), _finite(s1).abs())  # bounds |s| on the whole run (s0 <= s <= s1)
+    slack = 64 * eps * scale
+    floor = 16 * eps * torch.maximum(scale, _finite(s1 - s0))  # a rejected step below it is round-off: a blow-up
     for _ in range(max_steps):
         if not bool(active.any()):
             break
-        remaining = t1 - t
-        # snap to t1 when within rounding of it, so no sliver of a step is left over
-        last = dt >= remaining - 64 * eps * torch.maximum(t.abs(), t1.abs())
-        h = torch.where(active, torch.where(last, remaining, dt), torch.zeros_like(dt))
-        u_new, err, k_last = rk_step(tab, counted, t, u, h, k1 if fsal else counted(t, u))
+        h, s_target, on_grid = _targets(solver, s, s0, s1, dt, grid_k, stops, slack)
+        h = torch.where(active, h, torch.zeros_like(h))
+        att = attempt_step(solver, counted, s, u, h, k1 if fsal else counted(s, u), prev_ratio, active)
+        accept = att.accept
+        rec = StepRecord(s=s, s_next=torch.where(accept, s_target, s), h=h, u=u,
+                         u_next=freeze(accept, att.step.u_new, u), step=att.step, accept=accept,
+                         theta=torch.ones_like(h))
+        hit = None
+        if event is not None:
+            hit, theta, u_event = event.locate(rec)
+            rec.theta = torch.where(hit, theta, rec.theta)
+            rec.s_next = torch.where(hit, s + theta * h, rec.s_next)
+            rec.u_next = freeze(hit, u_event, rec.u_next)
+            hit_any = hit_any | hit
+        for observe in observers:
+            observe(rec)
         if solver.adaptive:
-            ratio = error_ratio(err.detach(), u.detach(), u_new.detach(), solver.rtol, solver.atol)
-            accept = active & (ratio <= 1)
-            factor = solver.controller.factor(ratio, prev_ratio, tab.error_order, accept)
-            dt = torch.where(active, h * factor, dt)
-            prev_ratio = torch.where(accept, ratio, prev_ratio)
-            blown = active & ~accept & (dt <= 16 * eps * torch.maximum(t.abs(), span.abs()))
+            dt = torch.where(active, att.dt_next, dt)
+            blown = active & ~accept & (dt <= floor)
         else:
-            accept = active
-            blown = active & ~torch.isfinite(u_new.detach().reshape(batch, -1)).all(dim=1)
-            accept = accept & ~blown
-        u = freeze(accept, u_new, u)
-        # fixed steps: t0 + k * dt, not a running sum, so k steps of t1 / k land on t1 without a sliver
-        t_new = t + h if solver.adaptive else t0 + (accepted + 1).to(t.dtype) * solver.dt
-        t = torch.where(accept, torch.where(last, t1, t_new), t)
+            grid_k = torch.where(accept, on_grid, grid_k)
+            blown = active & ~accept
+        prev_ratio = att.prev_ratio
+        s, u = rec.s_next, rec.u_next
         if fsal:
-            k1 = freeze(accept, k_last, k1)
-        if on_accept is not None:
-            on_accept(accept, h)
+            k1 = freeze(accept, att.step.k_last, k1)
         accepted += accept.long()
         rejected += (active & ~accept).long()
-        finished = accept & last
+        finished = accept & (s >= s1) if hit is None else accept & ((s >= s1) | hit)
         status = torch.where(finished, int(Status.SUCCESS), status)
         status = torch.where(blown, int(Status.NONFINITE), status)
-        active = active & ~finished & ~blown
-    return ODERun(u=u, t=t, status=status, accepted=accepted, rejected=rejected, nfe=calls[0])
+        status = torch.where(att.stuck, int(Status.STEP_TOO_SMALL), status)
+        active = active & ~finished & ~blown & ~att.stuck
+    return ODERun(u=u, t=s, status=status, accepted=accepted, rejected=rejected, nfe=counted.calls, hit=hit_any)

@@ -1,61 +1,83 @@
-"""The functional entry point for fixed-horizon ODEs: integrate ``du/dt = fn(t, u)`` from ``t0`` to ``t1``."""
+"""The functional entry point: integrate ``du/dt = fn(t, u)`` to an end point, at output times, or to an event."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
 from .._checks import check_finite, check_int, check_policy, check_tensor
+from .._norms import check_norm_output
 from .._solution import Solution
-from .adjoint import AbstractODEAdjoint, DirectAdjoint, ODEProblem
+from .adjoint import AbstractODEAdjoint, DirectAdjoint
+from .events import Event, attach_event_gradient
+from .problem import ODEProblem
 from .solvers import AbstractODESolver, Tsit5
+from .times import TimeGrid, time_grid, with_output_times, with_start_time
 
-__all__ = ["odeint", "find_params", "check_ode_solver"]
+__all__ = ["odeint", "find_params", "check_ode_solver", "check_odeint_args"]
+
+METHODS = "Tsit5, Dopri5, BS3, HeunEuler, Fehlberg2, Euler, Midpoint, Heun2, Heun3, RK4, RK38"
 
 
 def odeint(
     fn: Callable[[Tensor, Tensor], Tensor],
     u0: Tensor,
-    t_span: Sequence[float],
+    t_span: Sequence[float] | Tensor,
     *,
     solver: AbstractODESolver | None = None,
     adjoint: AbstractODEAdjoint | None = None,
+    event: Event | None = None,
     max_steps: int = 10_000,
     params: Sequence[Tensor] | None = None,
     on_failure: str = "warn",
 ) -> Solution:
-    """Solve ``du/dt = fn(t, u)``, ``u(t0) = u0``, and return ``u(t1)`` per sample.
+    """Solve ``du/dt = fn(t, u)``, ``u(t0) = u0``, per sample: at ``t1``, at output times, or to an event.
 
     Every sample has its own time, step size and accept/reject decision, so its answer does not depend
-    on the batch it is in.
+    on the batch it is in. Output times are reached by the method's dense output (Tsit5/Dopri5: order 4,
+    from the stages of the accepted step, no extra evaluation); fixed-step methods land on each output time.
 
     Args:
         fn: vector field ``fn(t, u)``; ``t: (batch,)`` holds each sample's time (broadcast it yourself,
-            e.g. ``t[:, None]``), ``u: (batch, *state)``; returns ``(batch, *state)``.
+            e.g. ``t[:, None]``), ``u: (batch, *state)``; returns ``(batch, *state)`` in ``u``'s dtype.
         u0: ``(batch, *state)`` initial state, floating point and finite.
-        t_span: ``(t0, t1)`` with ``t1 > t0``.
-        solver: an ODE method (``Tsit5``, ``Dopri5``, ``BS3``, ``Euler``, ``RK4``); default ``Tsit5()``.
-        adjoint: ``DirectAdjoint()`` (default: back-propagate through the solver) or ``BacksolveAdjoint()``.
+        t_span: ``(t0, t1)`` with ``t1 > t0`` for the end point only; or a tensor of output times in ``u0``'s
+            dtype and device, ``(n_times,)`` for every sample or ``(batch, n_times)`` per sample, each row
+            strictly increasing or strictly decreasing (integrating backward), its first entry the start.
+            With ``event``: ``(t0, t_max)`` (``t_max`` may be ``math.inf``), or a 2-entry tensor.
+        solver: an ODE method (``Tsit5``, ``Dopri5``, ``BS3``, ``HeunEuler``, ``Fehlberg2`` adaptive; ``Euler``,
+            ``Midpoint``, ``Heun2``, ``Heun3``, ``RK4``, ``RK38`` fixed-step); default ``Tsit5()``.
+        adjoint: ``DirectAdjoint()`` (default: back-propagate through the solver), ``CheckpointAdjoint()``
+            (the same gradient in O(√steps) memory) or ``BacksolveAdjoint()`` (continuous adjoint).
+        event: an :class:`~pydeq.Event`; each sample stops where its event function crosses zero.
         max_steps: attempted steps per sample before status ``MAX_STEPS``.
-        params: tensors the backsolve adjoint differentiates besides ``u0``; default :func:`find_params`.
-            ``DirectAdjoint`` ignores it (autograd finds everything).
-        on_failure: ``"warn"`` (default), ``"raise"`` or ``"return"`` when a sample does not reach ``t1``.
+        params: tensors the backsolve and checkpoint adjoints differentiate besides ``u0``; default
+            :func:`find_params`. ``DirectAdjoint`` ignores it (autograd finds everything).
+        on_failure: ``"warn"`` (default), ``"raise"`` or ``"return"`` when a sample does not reach the end.
 
     Returns:
-        A :class:`~pydeq.Solution`: ``z = u(t1)`` ``(batch, *state)``; ``residual`` the time left per sample
-        (0 on success); ``steps`` attempted steps per sample; ``nfe`` batched calls of ``fn``;
-        ``extras["t"]`` the time reached, ``extras["accepted"]``/``["rejected"]`` step counts.
+        A :class:`~pydeq.Solution`: ``z = u(t1)`` ``(batch, *state)`` for an end point (or the state at the event),
+        else ``(batch, n_times, *state)`` with ``z[:, 0] = u0``; ``residual`` the time left per sample (0 on
+        success); ``steps`` attempted steps per sample; ``nfe`` batched calls of ``fn``; ``extras["t"]`` the time
+        reached, ``extras["accepted"]``/``["rejected"]`` step counts; with an event ``extras["t_event"]``,
+        ``["event"]`` and ``["event_calls"]``. Gradients reach ``u0``, the parameters and, for output times that
+        require grad, the times (``dL/dt_j = <dL/dy_j, F(t_j, y_j)>`` and ``dL/dt_0 = -<dL/du0, F(t_0, u0)>``).
     """
     solver = Tsit5() if solver is None else solver
     adjoint = DirectAdjoint() if adjoint is None else adjoint
-    t0, t1 = _check_args(fn, u0, t_span, solver, adjoint, max_steps, on_failure)
+    grid = check_odeint_args(fn, u0, t_span, solver, adjoint, max_steps, on_failure, event)
     found = find_params(fn) if params is None else _as_params(params)
-    problem = ODEProblem(fn=fn, solver=solver, t0=t0, t1=t1, max_steps=max_steps, params=found)
-    solution = adjoint.solve(problem, u0)
+    problem = ODEProblem(fn=fn, solver=solver, grid=grid, max_steps=max_steps, params=found, event=event)
+    solution = adjoint.solve(problem, with_start_time(fn, grid, u0))
+    if event is not None:
+        attach_event_gradient(problem, solution)
+    elif not grid.endpoint_only:
+        solution.z, calls = with_output_times(fn, grid, solution.z, u0)
+        solution.nfe += calls
     from ..fixed_point import report_failures  # lazy: keeps pydeq._ode importable on its own
 
     report_failures(solution, on_failure, what="ODE solve")
@@ -70,23 +92,30 @@ def check_ode_solver(solver: Any, where: str = "solver") -> None:
 
     if isinstance(solver, AbstractRootFinder):
         raise TypeError(
-            f"{where} must be an ODE method (Tsit5, Dopri5, BS3, Euler, RK4); got {type(solver).__name__}, "
+            f"{where} must be an ODE method ({METHODS}); got {type(solver).__name__}, "
             "a root finder. Root finders solve z = f(z, x): use pydeq.DEQ / pydeq.fixed_point for that, or "
             "SteadyState(Tsit5()) there for a continuous DEQ."
         )
-    raise TypeError(f"{where} must be an ODE method (Tsit5, Dopri5, BS3, Euler, RK4); got {type(solver).__name__}.")
+    raise TypeError(f"{where} must be an ODE method ({METHODS}); got {type(solver).__name__}.")
 
 
-def _check_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, max_steps: Any,
-                on_failure: str) -> tuple[float, float]:
+def check_odeint_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, max_steps: Any, on_failure: str,
+                      event: Any = None) -> TimeGrid:
+    """Validate :func:`odeint`'s arguments; returns the per-sample time grid."""
     if not callable(fn):
         raise TypeError(f"fn must be callable as fn(t, u); got {type(fn).__name__}.")
     check_ode_solver(solver)
+    if getattr(solver, "tableau", None) is None:
+        raise TypeError(f"{type(solver).__name__} is not a Runge–Kutta method with a tableau, so odeint cannot "
+                        f"integrate with it; use one of {METHODS}.")
     if not isinstance(adjoint, AbstractODEAdjoint):
         raise TypeError(
-            f"adjoint must be DirectAdjoint() or BacksolveAdjoint() for an ODE solve; got {type(adjoint).__name__}. "
-            "The fixed-point adjoints (ImplicitAdjoint, ...) differentiate an equilibrium, not a finite horizon."
+            f"adjoint must be DirectAdjoint(), CheckpointAdjoint() or BacksolveAdjoint() for an ODE solve; got "
+            f"{type(adjoint).__name__}. The fixed-point adjoints (ImplicitAdjoint, ...) differentiate an "
+            "equilibrium, not a finite horizon."
         )
+    if event is not None and not isinstance(event, Event):
+        raise TypeError(f"event must be a pydeq.Event(fn=...) or None; got {type(event).__name__}.")
     check_tensor("u0", u0)
     if u0.dim() < 1 or u0.shape[0] == 0:
         raise ValueError(f"u0 must be batched, shape (batch, *state) with batch >= 1; got {tuple(u0.shape)}. "
@@ -94,14 +123,15 @@ def _check_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, max_st
     check_finite("u0", u0)
     check_int("max_steps", max_steps)
     check_policy(on_failure)
-    try:
-        t0, t1 = (float(t) for t in t_span)
-    except (TypeError, ValueError):
-        raise ValueError(f"t_span must be a pair (t0, t1) of numbers; got {t_span!r}.") from None
-    if not (math.isfinite(t0) and math.isfinite(t1)) or not t1 > t0:
-        raise ValueError(f"t_span must be increasing and finite, t0 < t1; got ({t0}, {t1}). "
-                         "To integrate backward, substitute s = -t and negate the vector field.")
-    return t0, t1
+    grid = time_grid(t_span, u0, open_end=event is not None)
+    if event is not None and grid.n != 2:
+        raise ValueError(f"an event solve runs from t0 until the event (or t_max): give t_span = (t0, t_max), "
+                         f"or a 2-entry tensor; got {grid.n} times.")
+    if event is not None:  # the answer is the state at the event, not a trajectory
+        grid = dataclasses.replace(grid, endpoint_only=True)
+    if solver.adaptive:
+        check_norm_output(type(solver).__name__, solver.norm(u0), u0.shape[0])
+    return grid
 
 
 def _as_params(params: Sequence[Tensor]) -> tuple[Tensor, ...]:

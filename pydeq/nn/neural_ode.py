@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from .._checks import check_tensor
 from .._ode.adjoint import AbstractODEAdjoint, DirectAdjoint
-from .._ode.odeint import _check_args, check_ode_solver, odeint
+from .._ode.integrate import check_field_output
+from .._ode.odeint import check_ode_solver, check_odeint_args, odeint
 from .._ode.solvers import AbstractODESolver, Tsit5
 from .._solution import Solution
 
@@ -37,29 +38,34 @@ class DEQVectorField(nn.Module):
 
 
 class NeuralODE(nn.Module):
-    r"""Neural ODE with the input injected as a condition: :math:`\dot u = f(u, x)`, output ``u(t1)``.
+    r"""Neural ODE with the input injected as a condition: :math:`\dot u = f(u, x)`, output ``u(t1)`` or the
+    trajectory at output times.
 
     Args:
         f: ``nn.Module`` or callable ``f(u, x)`` mapping ``(batch, *state)`` (and the input) to
             ``(batch, *state)``. Wrap a DEQ's f in :class:`DEQVectorField` to integrate ``f(u, x) − u``.
-        t_span: ``(t0, t1)``, default ``(0, 1)``.
+        t_span: ``(t0, t1)``, default ``(0, 1)``; or a tensor of output times (as :func:`pydeq.odeint`; kept as a
+            buffer, so ``.to(device)`` and ``.double()`` move it), and ``forward`` returns
+            ``(batch, n_times, *state)``.
         solver: ODE method; default ``Tsit5(rtol=1e-3, atol=1e-6)``. Root finders are rejected.
-        adjoint: ``DirectAdjoint()`` (default) or ``BacksolveAdjoint()``. The backsolve adjoint
-            differentiates ``f``'s parameters (``f`` an ``nn.Module``, or ``params``) and ``x``.
+        adjoint: ``DirectAdjoint()`` (default), ``CheckpointAdjoint()`` or ``BacksolveAdjoint()``. The
+            checkpoint and backsolve adjoints differentiate ``f``'s parameters (``f`` an ``nn.Module``, or
+            ``params``) and ``x``.
         state_shape: per-sample state shape; when given, ``u0 = 0`` of that shape, else ``u0 = x``.
         params: extra tensors the backsolve adjoint must reach when ``f`` is a closure.
         max_steps: attempted steps per sample.
         on_failure: ``"warn"``, ``"raise"`` or ``"return"`` when a sample does not reach ``t1``.
 
-    ``forward(x, z0=None, *, return_solution=False)`` returns ``u(t1)`` ``(batch, *state)`` (and the
-    :class:`~pydeq.Solution` when asked); ``self.last_solution`` keeps the latest one.
+    ``forward(x, z0=None, *, t=None, return_solution=False)`` returns ``u(t1)`` ``(batch, *state)``, or the
+    trajectory at the output times (``t``, per call: ``(n_times,)`` or per sample ``(batch, n_times)``, overrides
+    ``t_span``), and the :class:`~pydeq.Solution` when asked; ``self.last_solution`` keeps the latest one.
     """
 
     def __init__(
         self,
         f: Callable[[Tensor, Any], Tensor],
         *,
-        t_span: Sequence[float] = (0.0, 1.0),
+        t_span: Sequence[float] | Tensor = (0.0, 1.0),
         solver: AbstractODESolver | None = None,
         adjoint: AbstractODEAdjoint | None = None,
         state_shape: Sequence[int] | None = None,
@@ -74,9 +80,13 @@ class NeuralODE(nn.Module):
         self.adjoint = DirectAdjoint() if adjoint is None else adjoint
         check_ode_solver(self.solver, where="NeuralODE's solver")
         # validate t_span, adjoint, max_steps and on_failure now rather than at the first forward
-        _check_args(f, torch.zeros(1), t_span, self.solver, self.adjoint, max_steps, on_failure)
+        check_odeint_args(f, _probe(t_span), t_span, self.solver, self.adjoint, max_steps, on_failure)
         self.f = f
-        self.t_span = (float(t_span[0]), float(t_span[1]))
+        if isinstance(t_span, Tensor):
+            self.t_span: Any = None
+            self.register_buffer("t_eval", t_span.detach().clone())
+        else:
+            self.t_span, self.t_eval = (float(t_span[0]), float(t_span[1])), None
         self.state_shape = None if state_shape is None else tuple(int(s) for s in state_shape)
         self.extra_params = tuple(params)
         self.max_steps, self.on_failure = max_steps, on_failure
@@ -90,7 +100,8 @@ class NeuralODE(nn.Module):
             return x.new_zeros((x.shape[0], *self.state_shape))
         return x
 
-    def forward(self, x: Tensor, z0: Tensor | None = None, *, return_solution: bool = False) -> Any:
+    def forward(self, x: Tensor, z0: Tensor | None = None, *, t: Tensor | None = None,
+                return_solution: bool = False) -> Any:
         check_tensor("x", x)
         if x.dim() < 1:
             raise ValueError(f"x must be batched, shape (batch, ...); got shape {tuple(x.shape)}.")
@@ -102,10 +113,12 @@ class NeuralODE(nn.Module):
         def field(t: Tensor, u: Tensor) -> Tensor:
             return f(u, x)
 
-        with torch.no_grad():
-            _check_output(field(None, u0), u0)
+        with torch.no_grad():  # one probe call, so a shape mistake reads as one and names the fix
+            check_field_output(field(None, u0), u0, name="f(u, x)",
+                               hint="Pass state_shape (or z0) matching f's output.")
         params = [*self._module_params(), *self.extra_params, x]
-        solution = odeint(field, u0, self.t_span, solver=self.solver, adjoint=self.adjoint,
+        times = t if t is not None else self.t_span if self.t_eval is None else self.t_eval
+        solution = odeint(field, u0, times, solver=self.solver, adjoint=self.adjoint,
                           max_steps=self.max_steps, params=params, on_failure=self.on_failure)
         solution.nfe += 1  # the shape check above is a real call of f
         self.last_solution = solution
@@ -115,10 +128,8 @@ class NeuralODE(nn.Module):
         return list(self.f.parameters()) if isinstance(self.f, nn.Module) else []
 
 
-@torch.no_grad()
-def _check_output(out: Any, u0: Tensor) -> None:
-    """One probe call before solving, so a shape mistake reads as one (not as an error deep in the solver)."""
-    if not isinstance(out, Tensor) or out.shape != u0.shape or out.dtype != u0.dtype:
-        got = f"{type(out).__name__}" if not isinstance(out, Tensor) else f"{tuple(out.shape)} {out.dtype}"
-        raise ValueError(f"f(u, x) must return the shape and dtype of u, {tuple(u0.shape)} {u0.dtype}; got {got}. "
-                         "Pass state_shape (or z0) matching f's output.")
+def _probe(t_span: Any) -> Tensor:
+    """A stand-in state to validate ``t_span`` against at construction (its dtype, device and batch)."""
+    if isinstance(t_span, Tensor) and t_span.is_floating_point():
+        return torch.zeros(t_span.shape[0] if t_span.dim() == 2 else 1, 1, dtype=t_span.dtype, device=t_span.device)
+    return torch.zeros(1, 1)
