@@ -17,6 +17,7 @@ from .events import Event, attach_event_gradient
 from .problem import ODEProblem
 from .solvers import AbstractODESolver, Tsit5
 from .times import TimeGrid, time_grid, with_output_times, with_start_time
+from .vcab3 import VCAB3
 
 __all__ = ["odeint", "find_params", "check_ode_solver", "check_odeint_args"]
 
@@ -50,7 +51,8 @@ def odeint(
             strictly increasing or strictly decreasing (integrating backward), its first entry the start.
             With ``event``: ``(t0, t_max)`` (``t_max`` may be ``math.inf``), or a 2-entry tensor.
         solver: an ODE method (``Tsit5``, ``Dopri5``, ``BS3``, ``HeunEuler``, ``Fehlberg2`` adaptive; ``Euler``,
-            ``Midpoint``, ``Heun2``, ``Heun3``, ``RK4``, ``RK38`` fixed-step); default ``Tsit5()``.
+            ``Midpoint``, ``Heun2``, ``Heun3``, ``RK4``, ``RK38`` fixed-step; the multistep ``VCAB3``, which lands
+            on every output time, with ``DirectAdjoint`` and no event); default ``Tsit5()``.
         adjoint: ``DirectAdjoint()`` (default: back-propagate through the solver), ``CheckpointAdjoint()``
             (the same gradient in O(√steps) memory) or ``BacksolveAdjoint()`` (continuous adjoint).
         event: an :class:`~pydeq.Event`; each sample stops where its event function crosses zero.
@@ -105,7 +107,9 @@ def check_odeint_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, 
     if not callable(fn):
         raise TypeError(f"fn must be callable as fn(t, u); got {type(fn).__name__}.")
     check_ode_solver(solver)
-    if getattr(solver, "tableau", None) is None:
+    if isinstance(solver, VCAB3):
+        _check_multistep(adjoint, event)
+    elif getattr(solver, "tableau", None) is None:
         raise TypeError(f"{type(solver).__name__} is not a Runge–Kutta method with a tableau, so odeint cannot "
                         f"integrate with it; use one of {METHODS}.")
     if not isinstance(adjoint, AbstractODEAdjoint):
@@ -132,6 +136,17 @@ def check_odeint_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, 
     if solver.adaptive:
         check_norm_output(type(solver).__name__, solver.norm(u0), u0.shape[0])
     return grid
+
+
+def _check_multistep(adjoint: Any, event: Any) -> None:
+    """VCAB3 runs its own loop (:mod:`~pydeq._ode.adams`): back-propagation through it, no events."""
+    if type(adjoint).__name__ != "DirectAdjoint":
+        raise TypeError(f"VCAB3 (a multistep method) is differentiated by DirectAdjoint() only; got "
+                        f"{type(adjoint).__name__}. Use DirectAdjoint(), or a Runge–Kutta method (Tsit5, ...) for "
+                        "CheckpointAdjoint/BacksolveAdjoint.")
+    if event is not None:
+        raise TypeError("VCAB3 (a multistep method) has no event location; use a Runge–Kutta method (Tsit5, ...) "
+                        "for an event solve.")
 
 
 def _as_params(params: Sequence[Tensor]) -> tuple[Tensor, ...]:

@@ -31,7 +31,9 @@ class VCAB3(AbstractAdaptiveRK):
     u_{n+1})`` is evaluated per step, so a step costs one f call: the method of Pal et al.'s CIFAR-10
     continuous DEQs (DifferentialEquations.jl's ``VCAB3``). Its real stability interval is short (about
     ``[-0.55, 0]`` for equal steps), so steady-state solves are stability-limited; :class:`SteadyState`
-    rejects steps that grow the residual.
+    rejects steps that grow the residual. In :func:`pydeq.odeint` / ``NeuralODE`` it runs its own loop
+    (:mod:`~pydeq._ode.adams`), cuts steps to land on every output time (no interpolant) and is differentiated
+    by ``DirectAdjoint`` (measured global order 3.1 against the mean step on a linear system, tolerances 1e-4 to 1e-7).
 
     Args:
         rtol, atol, dt0, controller: as for :class:`Tsit5`. ``dt`` must stay ``None`` (VCAB3 is adaptive).
