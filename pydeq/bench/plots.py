@@ -82,9 +82,9 @@ def plot_ratios(record: dict[str, Any], out_dir: Path) -> str | None:
     ax.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_yticks(ys, [_label(r) for r in rows], fontsize=7)
     ax.set_ylim(-0.6, len(rows) - 0.4)
-    ax.set_xlabel("ratio (log axis). dot: measured (green held, red not held, grey no verdict); "
-                  "diamond: paper; bar: paper's band", fontsize=8)
-    ax.set_title(f"{record['title']}\nmeasured vs paper ratios", fontsize=10)
+    ax.set_xlabel("ratio (log axis). dot: measured (green held, red not held, grey no verdict);\n"
+                  "diamond: the paper's ratio; grey bar: the band it is held against", fontsize=8)
+    ax.set_title(f"{record['name']}: measured vs paper ratios", fontsize=10)
     rel = f"plots/{record['name']}_ratios.png"
     fig.savefig(out_dir / rel)
     return rel
@@ -99,8 +99,8 @@ def plot_accuracy(record: dict[str, Any], out_dir: Path) -> str | None:
     fig = _figure(7.0, 3.6)
     ax = fig.subplots()
     xs = list(range(len(rows)))
-    ax.bar([x - 0.2 for x in xs], [r["metrics"]["paper_accuracy"] for r in rows], width=0.4, color="#8d99ae",
-           label="paper")
+    ax.bar([x - 0.2 for x in xs], [r["metrics"]["paper_accuracy"] for r in rows], width=0.4, color="white",
+           edgecolor="black", hatch="//", label="paper")
     ax.bar([x + 0.2 for x in xs], [100 * r["metrics"]["accuracy"] for r in rows], width=0.4,
            color=[_HELD_COLOURS[r["held"]] for r in rows], label="measured (colour: verdict)")
     for x, r in zip(xs, rows, strict=True):
@@ -110,8 +110,9 @@ def plot_accuracy(record: dict[str, Any], out_dir: Path) -> str | None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"{record['title']}\ntest accuracy, paper vs measured", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+    ax.set_ylim(0, 110)
+    ax.set_title(f"{record['name']}: test accuracy, paper vs measured", fontsize=10)
     rel = f"plots/{record['name']}_accuracy_vs_paper.png"
     fig.savefig(out_dir / rel)
     return rel

@@ -45,7 +45,7 @@ from pydeq.bench.timing import Timing
 __all__ = ["PAPER_TABLE1", "QUICK_STEPS", "cdeq_table1", "train_table1"]
 
 PAPER = "Pal, Edelman & Rackauckas (2022), arXiv 2201.12240, Table 1"
-QUICK_STEPS = 150
+QUICK_STEPS = 100
 PAPER_STEPS = 25 * 60_000 // 32  # 46,875
 CURVE_IMAGES = 1_000
 # (mean, std): params (K), accuracy %, test NFE, training minutes, prediction s per batch (GPU)
@@ -286,7 +286,7 @@ def cdeq_table1(ctx: BenchContext) -> ClaimResult:
     scale = (f"{epochs} epochs of {len(train[0]):,} images ({n_steps:,} steps), {len(test[0]):,} test images"
              if full else f"{n_steps} steps of batch {BATCH}, {len(test[0]):,} test images")
     rows = _rows(run, full, scale)
-    peer_rows, peer_setup = _peers(ctx, train, test, ctx.scale(quick=40, paper=625))
+    peer_rows, peer_setup = _peers(ctx, train, test, ctx.scale(quick=25, paper=625))
     return ClaimResult(
         rows=rows + peer_rows,
         series={k: v for k, v in run["series"].items()},

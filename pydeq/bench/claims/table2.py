@@ -240,7 +240,7 @@ def cdeq_table2(ctx: BenchContext) -> ClaimResult:
         except ImportError as e:
             raise SkipClaim("the peers are missing: pip install 'pydeq[bench]'") from e
     batch, steps = ctx.scale(quick=4, paper=16), ctx.scale(quick=3, paper=12)
-    pre_steps, n_test = ctx.scale(quick=2, paper=25), ctx.scale(quick=8, paper=128)
+    pre_steps, n_test = ctx.scale(quick=1, paper=25), ctx.scale(quick=4, paper=128)
     torch.manual_seed(ctx.seed)
     backbone = tiny_backbone()
     names = list(ROWS + (PEERS if peers else ()))
