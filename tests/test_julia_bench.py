@@ -211,5 +211,5 @@ def test_every_registered_claim_either_routes_or_says_why_not():
     from pydeq.bench import available_claims
     from pydeq.bench.routing import NOT_ON_JULIA
 
-    routed = {"cdeq-mlp-mnist", "cdeq-conv-mnist", "cdeq-multiscale-cifar", "engine-julia"}
+    routed = {"cdeq-mlp-mnist", "cdeq-conv-mnist", "cdeq-multiscale-cifar", "cdeq-table2", "engine-julia"}
     assert set(available_claims()) <= routed | set(NOT_ON_JULIA)

@@ -40,6 +40,8 @@ NOT_ON_JULIA = {
     "selftest": "plain MLPs, no equilibrium model",
     "steady-state-grid": "a solver study on fixed-point maps called through pydeq.fixed_point, not spec models; "
                          "ResidualEuler, VCAB3, Anderson and FixedPointIteration have no Julia counterpart",
+    "cdeq-table1": "three of its six rows train with Jacobian regularisation and every row reports per-sample "
+                   "solver depth; the Julia solve stops batch-wide and has no Jacobian penalty",
     "cdeq-table1-depth": "it measures each sample's solver depth and trains with Jacobian regularisation; the "
                          "Julia solve stops batch-wide and has no Jacobian penalty",
 }

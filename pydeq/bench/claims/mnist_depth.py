@@ -25,48 +25,19 @@ from torch import Tensor, nn
 
 import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, claim
+from pydeq.bench.claims._table1 import BATCH, CONFIGS, LR, PAPER_DEPTH, TOL, WIDTH, dense_model
 
 __all__ = ["CONFIGS", "PAPER_DEPTH", "mnist_depth", "train_and_measure"]
 
 PAPER = "Pal, Edelman & Rackauckas (2022), arXiv 2201.12240, Table 1"
-TOL, WIDTH, BATCH, LR, SKIP_WEIGHT, JAC_WEIGHT = 5e-3, 128, 32, 1e-3, 0.01, 1.0
-CONFIGS = ("vanilla", "vanilla-jac", "skip", "skip-jac", "skipreg", "skipreg-jac")
-PAPER_DEPTH = {"vanilla": 18.345, "vanilla-jac": 5.034, "skip": 4.001, "skip-jac": 4.001, "skipreg": 4.001,
-               "skipreg-jac": 4.001}
-
-
-class _Cell(nn.Module):
-    """``f(z, x) = tanh(W z + b + x)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.W = nn.Linear(WIDTH, WIDTH)
-
-    def forward(self, z: Tensor, x: Tensor) -> Tensor:
-        return torch.tanh(self.W(z) + x)
-
-
-def _model(config: str, seed: int) -> tuple[nn.Module, pydeq.DEQ, nn.Module]:
-    torch.manual_seed(seed)
-    encoder, cell, head = nn.Linear(784, WIDTH), _Cell(), nn.Linear(WIDTH, 10)
-    solver = pydeq.SteadyState(pydeq.Tsit5(rtol=TOL, atol=TOL), rtol=TOL, atol=TOL, max_steps=50)
-    kw = dict(solver=solver, state_shape=(WIDTH,), on_failure="return",
-              jacobian_weight=JAC_WEIGHT if config.endswith("-jac") else 0.0)
-    kind = config.removesuffix("-jac")
-    if kind == "skip":
-        deq = pydeq.SkipDEQ(cell, nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Tanh()), skip_weight=SKIP_WEIGHT, **kw)
-    elif kind == "skipreg":
-        deq = pydeq.SkipRegDEQ(cell, skip_weight=SKIP_WEIGHT, **kw)
-    else:
-        deq = pydeq.DEQ(cell, **kw)
-    return encoder, deq, head
 
 
 def train_and_measure(config: str, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], *, steps: int,
                       seed: int = 0) -> dict[str, float]:
     """Train one model ``steps`` steps (batches in a fixed order) and measure it; every number per sample."""
-    encoder, deq, head = _model(config, seed)
-    params = [*encoder.parameters(), *deq.parameters(), *head.parameters()]
+    model = dense_model(config, seed)
+    encoder, deq, head = model.encoder, model.deq, model.head
+    params = model.parameters()
     opt = torch.optim.Adam(params, lr=LR)
     order = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(seed))
     converged = solves = 0
