@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .._checks import check_finite, check_int, check_policy, check_tensor
 from .._norms import check_norm_output
-from .._solution import Solution
+from .._solution import Solution, report_failures
 from .adjoint import AbstractODEAdjoint, DirectAdjoint
 from .events import Event, attach_event_gradient
 from .problem import ODEProblem
@@ -80,8 +80,6 @@ def odeint(
     elif not grid.endpoint_only:
         solution.z, calls = with_output_times(fn, grid, solution.z, u0)
         solution.nfe += calls
-    from ..fixed_point import report_failures  # lazy: keeps pydeq._ode importable on its own
-
     report_failures(solution, on_failure, what="ODE solve")
     return solution
 
@@ -90,7 +88,7 @@ def check_ode_solver(solver: Any, where: str = "solver") -> None:
     """Reject anything that is not an ODE method, pointing root finders to the right place."""
     if isinstance(solver, AbstractODESolver):
         return
-    from .._root._base import AbstractRootFinder
+    from .._root import AbstractRootFinder
 
     if isinstance(solver, AbstractRootFinder):
         raise TypeError(

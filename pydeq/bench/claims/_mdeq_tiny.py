@@ -10,7 +10,7 @@ for branch 1. Conv weights start from N(0, 0.01²) as the reference's. Parameter
 neural ODE) and 200,122 (Skip), the paper's.
 
 Differences from the reference, all deliberate: GroupNorm (8 groups) where the reference's DEQ map uses BatchNorm
-without running statistics (pydeq's multiscale map is per-sample, see :mod:`pydeq.nn._mdeq_blocks`; the parameter
+without running statistics (pydeq's multiscale map is per-sample, see :mod:`pydeq.nn.multiscale`; the parameter
 count is the same), BatchNorm in the head (outside the solve, as the reference's bottlenecks), and pydeq's
 residual wiring (the block's input is added back, MDEQ's; the reference adds the output of its second conv).
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from pydeq.bench.claims._models import Backbone
-from pydeq.nn._mdeq_blocks import BranchLayout, MultiScaleMap, ResidualBlock, Stem
+from pydeq.nn.multiscale import BranchLayout, MultiScaleMap, ResidualBlock, Stem
 
 __all__ = ["TINY", "TinyHead", "TinyPredictor", "count_parameters", "tiny_backbone"]
 
