@@ -24,8 +24,8 @@ from ._mdeq_blocks import BranchLayout, BranchPredictor, MultiScaleMap, Residual
 from .deq import DEQ, SkipDEQ, SkipRegDEQ
 from .neural_ode import DEQVectorField, NeuralODE
 
-__all__ = ["BranchLayout", "BranchPredictor", "MultiScaleMap", "ResidualBlock", "Stem", "MultiScaleDEQ", "MultiScaleSkipDEQ", "MultiScaleSkipRegDEQ", "MultiScaleNeuralODE",
-           "MultiScaleClassifier"]
+__all__ = ["BranchLayout", "BranchPredictor", "MultiScaleMap", "ResidualBlock", "Stem", "MultiScaleDEQ",
+           "MultiScaleSkipDEQ", "MultiScaleSkipRegDEQ", "MultiScaleNeuralODE", "MultiScaleClassifier"]
 
 
 def _channel_list(branches: int, channels: int | Sequence[int]) -> list[int]:
