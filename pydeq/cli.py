@@ -1,20 +1,26 @@
 """The ``pydeq`` command: ``pydeq data fetch …`` and ``pydeq bench {quick,paper,engine,list} …``.
 
-Exit status: 0 done; 1 a claim errored or data could not be fetched; 2 bad arguments (with a message);
-130 interrupted (the benchmark has already written complete results for the claims that finished).
+Exit status: 0 done; 1 a claim errored or data could not be fetched; 2 bad arguments or a missing optional
+extra (with a message naming the module and the ``pip install`` line); 130 interrupted (the benchmark has already
+written complete results for the claims that finished).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["build_parser", "main"]
+__all__ = ["BENCH_MODULES", "build_parser", "main", "missing_extra"]
 
 _DATASETS = ("mnist", "fashion-mnist", "cifar10")
+# What `pydeq bench` imports beyond pydeq's own dependencies, by import name -> the distribution pip installs.
+# All of it is pyproject.toml's `bench` extra (a test holds the two lists together), so one command fixes any gap.
+BENCH_MODULES = {"tqdm": "tqdm", "matplotlib": "matplotlib", "PIL": "pillow", "torchdeq": "torchdeq",
+                 "torchdiffeq": "torchdiffeq"}
 
 
 def _int_at_least(minimum: int, what: str):
@@ -99,6 +105,28 @@ def _check_device(parser: argparse.ArgumentParser, text: str) -> str:
     return str(device)
 
 
+def missing_extra(command: str, modules: dict[str, str], extra: str) -> str | None:
+    """Why ``command`` cannot run for want of pydeq's ``extra``, or ``None`` when all of ``modules`` are installed.
+
+    ``modules`` maps import names to the distributions pip installs. Nothing is imported (``find_spec`` only), so
+    the check costs nothing; the message names every missing module and the ``pip install`` line that adds them.
+    """
+    missing = []
+    for module, dist in modules.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package that fails, or a module without a spec
+            found = False
+        if not found:
+            missing.append(f"{module!r}" + (f" (package {dist})" if dist != module else ""))
+    if not missing:
+        return None
+    many = len(missing) > 1
+    return (f"`{command}` needs the optional module{'s' if many else ''} {', '.join(missing)}, which "
+            f"{'are' if many else 'is'} not installed here. {'They come' if many else 'It comes'} with pydeq's "
+            f"`{extra}` extra: pip install 'pydeq[{extra}]'")
+
+
 def _require_julia() -> str | None:
     """Start the Julia engine (``pydeq.julia.load``) lazily; return why it is unavailable, or ``None``."""
     try:
@@ -146,6 +174,10 @@ def _data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     if args.backend == "julia" and args.suite != "list":
         problem = _require_julia()  # first: Julia should start before more torch-side modules load
+        if problem:
+            parser.error(problem)
+    if args.suite != "list":  # listing the claims imports none of the extra
+        problem = missing_extra(f"pydeq bench {args.suite}", BENCH_MODULES, "bench")
         if problem:
             parser.error(problem)
     from pydeq.bench.runner import available_claims, run_suite

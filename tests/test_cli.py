@@ -101,6 +101,52 @@ def test_data_fetch_failure_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "could not fetch mnist" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------------------------------------------- extras
+@pytest.mark.parametrize("module", list(cli.BENCH_MODULES))
+@pytest.mark.parametrize("suite", ["quick", "paper", "engine"])
+def test_bench_without_the_bench_extra_exits_2_naming_it(module: str, suite: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ModuleNotFoundError
+    code, err = exit_code(["bench", suite, "--only", "selftest", "--out", str(tmp_path)], capsys)
+    assert code == 2, err
+    dist = cli.BENCH_MODULES[module]
+    package = "" if dist == module else f" (package {dist})"
+    assert (f"`pydeq bench {suite}` needs the optional module '{module}'{package}, which is not installed here. "
+            "It comes with pydeq's `bench` extra: pip install 'pydeq[bench]'") in err, err
+    assert not list(tmp_path.iterdir())  # refused before anything ran
+
+
+def test_bench_names_every_missing_module_and_list_needs_none(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    for module in cli.BENCH_MODULES:
+        monkeypatch.setitem(sys.modules, module, None)
+    code, err = exit_code(["bench", "quick"], capsys)
+    assert code == 2 and "needs the optional modules 'tqdm', 'matplotlib', 'PIL' (package pillow), 'torchdeq', " \
+        "'torchdiffeq', which are not installed here. They come with pydeq's `bench` extra" in err, err
+    assert cli.main(["bench", "list"]) == 0 and "selftest" in capsys.readouterr().out
+
+
+def test_bench_modules_are_the_bench_extra() -> None:
+    """The check's list and pyproject.toml's `bench` extra name the same distributions."""
+    from importlib.metadata import requires
+
+    extra = {re.split(r"[<>=!~; \[]", r, maxsplit=1)[0].lower() for r in requires("pydeq") or []
+             if re.search(r"""extra\s*==\s*["']bench["']""", r)}
+    assert extra == set(cli.BENCH_MODULES.values())
+
+
+def test_missing_extra_in_a_real_process_exits_2() -> None:
+    """As a user without the extra sees it: the console entry point, no traceback, status 2."""
+    code = ("import runpy, sys; sys.modules['tqdm'] = None; sys.argv = ['pydeq', 'bench', 'quick']; "
+            "runpy.run_module('pydeq.cli', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 2, r.stderr
+    assert "needs the optional module 'tqdm'" in r.stderr and "pip install 'pydeq[bench]'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_real_process_exit_status() -> None:
     """The console entry point really exits 2 (not just raises inside main)."""
     for module in ("pydeq.cli", "pydeq.bench"):
