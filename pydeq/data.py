@@ -70,7 +70,8 @@ def _check_limit(limit: int | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- idx files
-def _open_maybe_gzip(path: Path) -> IO[bytes]:
+def open_maybe_gzip(path: Path) -> IO[bytes]:
+    """``path`` opened for reading bytes, gunzipped on the fly when its first bytes say gzip (whatever its name)."""
     with open(path, "rb") as f:
         magic = f.read(2)
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
@@ -84,7 +85,7 @@ def read_idx(path: str | os.PathLike[str], limit: int | None = None) -> np.ndarr
     """
     _check_limit(limit)
     path = Path(path)
-    with _open_maybe_gzip(path) as f:
+    with open_maybe_gzip(path) as f:
         head = f.read(4)
         if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES:
             raise ValueError(f"{path} is not an idx file (header {head!r}); expected 00 00 <dtype code> <ndim>.")

