@@ -197,7 +197,8 @@ def _fetch_cifar(dest: Path, source: str, timeout: float, progress: bool, log: C
             part.unlink(missing_ok=True)
             errors.append(f"  official {CIFAR_PYTHON[0]}: {e}")
     if source in ("auto", "registry"):
-        for cand in (c for c in _checkout_copies() if c.is_file()):
+        copies = [c for c in _checkout_copies() if c.is_file()]
+        for cand in copies:
             if digest(cand, "sha256") != CIFAR_JPEG[1]:
                 errors.append(f"  {cand}: SHA-256 is not the published {CIFAR_JPEG[1]}")
                 continue
@@ -205,7 +206,7 @@ def _fetch_cifar(dest: Path, source: str, timeout: float, progress: bool, log: C
             (dest / "SOURCE.txt").write_text(f"copied from {cand}\n")
             log(f"cifar10: copied {cand} -> {dest / cand.name}")
             return dest
-        if source == "registry" and not errors:
+        if not copies:
             errors.append("  registry: no package registry serves CIFAR-10")
     raise DataMissingError("could not fetch cifar10; tried:\n" + "\n".join(errors) + "\n" + _offline_hint("cifar10"))
 
