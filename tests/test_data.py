@@ -461,3 +461,11 @@ def test_real_cache_if_present() -> None:
     x, y = load_mnist(root, "train", limit=5)
     assert y.tolist() == [5, 0, 4, 1, 9]  # the first five official training labels
     assert x.shape == (5, 1, 28, 28)
+
+
+def test_data_fetch_is_a_deprecated_alias_of_the_harness_fetch():
+    import pydeq.bench.fetch as fetch_module
+    import pydeq.data as data_module
+
+    with pytest.warns(DeprecationWarning, match=r"pydeq.data.fetch moved to pydeq.bench.fetch.fetch"):
+        assert data_module.fetch is fetch_module.fetch
