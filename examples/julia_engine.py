@@ -20,7 +20,7 @@ from pydeq.julia import JuliaUnavailableError
 def main() -> None:
     torch.manual_seed(0)
     f = spec.Chain(spec.Injection(z=spec.Dense(16, 16, bias=False), x=spec.Dense(8, 16)), spec.Tanh())
-    model_spec = spec.DEQ(f, solver=pydeq.Broyden(rtol=1e-6, atol=1e-8, max_steps=100))
+    model_spec = spec.DEQSpec(f, solver=pydeq.Broyden(rtol=1e-6, atol=1e-8, max_steps=100))
     native = spec.build(model_spec, backend="torch")
     with torch.no_grad():
         native.f.layers[0].z.weight.mul_(0.5)  # keep f contractive

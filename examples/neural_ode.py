@@ -13,8 +13,7 @@ import time
 import torch
 from torch import nn
 
-from pydeq._ode import BacksolveAdjoint, DirectAdjoint, Tsit5
-from pydeq.nn.neural_ode import NeuralODE
+from pydeq import BacksolveAdjoint, DirectAdjoint, NeuralODE, Tsit5
 
 
 def make_field() -> nn.Module:

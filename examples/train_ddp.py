@@ -9,6 +9,15 @@ and the implicit gradient's hook runs before DDP all-reduces the parameter gradi
 normalisation computed once per step (``pydeq.nn.norm``) and the fixed-point correction loss
 (``pydeq.nn.losses``). Rank 0 prints the loss, accuracy and solver statistics averaged over ranks.
 Run with plain ``python`` it trains in a single process.
+
+Teardown. Our own collectives (the statistics) go through a process group of their own, which
+``destroy_process_group()`` really destroys before the interpreter exits. The default group cannot be trusted with
+them: once a DistributedDataParallel module exists, torch (2.13) keeps the default group, and its gloo worker
+threads, alive past ``destroy_process_group()``. A worker that drops the last reference to a tensor created in
+Python must take the GIL; if the interpreter has begun finalizing by then, CPython ends the thread with
+``pthread_exit``, whose unwinding meets a ``noexcept`` destructor: "terminate called without an active exception"
+and SIGABRT, after training has finished. DDP's own collectives on the default group are safe: they only touch
+buffers its C++ reducer allocated.
 """
 
 from __future__ import annotations
@@ -74,14 +83,10 @@ def setup() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="optimiser steps")
-    parser.add_argument("--batch", type=int, default=64, help="per-process batch size")
-    parser.add_argument("--correction", type=float, default=0.1, help="weight of the fixed-point correction loss")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: cores / processes)")
-    args = parser.parse_args()
-    rank, world, device = setup()
+def train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> None:
+    # the statistics' group, so that destroy_process_group() joins the gloo threads that touched `stats` (module
+    # docstring); it and everything else of this function is gone by the time main() tears down
+    stats_group = dist.new_group() if world > 1 else None
     # small batched solves are latency-bound: oversubscribed CPU threads make them many times slower
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(0)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
@@ -115,7 +120,7 @@ def main() -> None:
                                       float(solution.steps.float().mean()), float(solution.converged.float().mean())],
                                      device=device)
                 if world > 1:
-                    dist.all_reduce(stats)
+                    dist.all_reduce(stats, group=stats_group)
                     stats /= world
                 if rank == 0:
                     print(f"step {step:4d}  loss {stats[0]:.3f}  acc {stats[1]:.3f}  "
@@ -123,8 +128,21 @@ def main() -> None:
             if step >= args.steps:
                 break
         epoch += 1
-    if world > 1:
-        dist.destroy_process_group()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="optimiser steps")
+    parser.add_argument("--batch", type=int, default=64, help="per-process batch size")
+    parser.add_argument("--correction", type=float, default=0.1, help="weight of the fixed-point correction loss")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: cores / processes)")
+    args = parser.parse_args()
+    rank, world, device = setup()
+    try:
+        train(args, rank, world, device)
+    finally:  # also after an error: a rank that leaves without it can leave gloo threads running into exit
+        if world > 1:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

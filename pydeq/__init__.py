@@ -19,6 +19,7 @@ from ._ode import (
     BS3,
     RK4,
     RK38,
+    VCAB3,
     AbstractODEAdjoint,
     AbstractODESolver,
     BacksolveAdjoint,
@@ -33,11 +34,20 @@ from ._ode import (
     HeunEuler,
     Midpoint,
     PIController,
+    ResidualEuler,
     SteadyState,
     Tsit5,
     odeint,
 )
-from ._root import AbstractRootFinder, Anderson, Broyden, BroydenFactors, FixedPointIteration, NewtonKrylov
+from ._root import (
+    AbstractRootFinder,
+    Anderson,
+    Broyden,
+    BroydenFactors,
+    FixedPointIteration,
+    NewtonKrylov,
+    Stagnation,
+)
 from ._solution import BackwardStats, ConvergenceError, ConvergenceWarning, NonFiniteError, Solution, Status
 from .fixed_point import fixed_point
 from .nn import (
@@ -68,8 +78,9 @@ __all__ = [
     "rms_norm", "max_norm", "l2_norm",
     # root finders and steady state
     "AbstractRootFinder", "FixedPointIteration", "Anderson", "Broyden", "BroydenFactors", "NewtonKrylov", "SteadyState",
+    "ResidualEuler", "Stagnation",
     # ODE integrators
-    "AbstractODESolver", "Tsit5", "Dopri5", "BS3", "Euler", "RK4", "PIController",
+    "AbstractODESolver", "Tsit5", "Dopri5", "BS3", "VCAB3", "Euler", "RK4", "PIController",
     "HeunEuler", "Fehlberg2", "Midpoint", "Heun2", "Heun3", "RK38", "Event", "CheckpointAdjoint",
     # adjoints and linear solvers
     "AbstractAdjoint", "ImplicitAdjoint", "BroydenReuseAdjoint", "JacobianFreeAdjoint", "PhantomAdjoint",

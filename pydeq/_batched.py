@@ -5,12 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["batch_norm", "freeze", "combine", "project", "write_slot"]
-
-
-def batch_norm(v: Tensor) -> Tensor:
-    """Per-sample Euclidean norm: ``(batch, *state) -> (batch,)``."""
-    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
+__all__ = ["freeze", "combine", "project", "write_slot"]
 
 
 def freeze(active: Tensor, new: Tensor, old: Tensor) -> Tensor:

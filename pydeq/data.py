@@ -12,8 +12,10 @@ Loaders read the standard on-disk formats and return ``(x, y)`` with ``x`` a flo
 except for per-class image layouts, which carry no cross-class order: there the examples are interleaved
 (the first image of every class, then the second, …) so that any prefix is class-balanced.
 
-Getting the files is :func:`fetch`'s job (``pydeq data fetch``, implemented in :mod:`pydeq.bench.fetch`); both
+Getting the files is :func:`pydeq.bench.fetch.fetch`'s job (``pydeq data fetch``); both
 share the cache layout ``<cache>/{mnist,fashion-mnist,cifar10}/`` under ``$PYDEQ_DATA`` or ``~/.cache/pydeq``.
+Offline, ``pydeq data fetch NAME --from FILE`` installs a copy you already have, after checking it; the README's
+"Data sets" section lists the sources and what ``--from`` accepts.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ __all__ = [
     "CIFAR10_CLASSES",
     "DataMissingError",
     "default_cache_dir",
-    "fetch",
     "load",
     "load_cifar10",
     "load_fashion_mnist",
@@ -46,7 +47,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+DOCS = "the 'Data sets' section of pydeq's README"  # where every "how to get the data" message points
 
 
 class DataMissingError(FileNotFoundError):
@@ -70,7 +72,8 @@ def _check_limit(limit: int | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- idx files
-def _open_maybe_gzip(path: Path) -> IO[bytes]:
+def open_maybe_gzip(path: Path) -> IO[bytes]:
+    """``path`` opened for reading bytes, gunzipped on the fly when its first bytes say gzip (whatever its name)."""
     with open(path, "rb") as f:
         magic = f.read(2)
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
@@ -84,7 +87,7 @@ def read_idx(path: str | os.PathLike[str], limit: int | None = None) -> np.ndarr
     """
     _check_limit(limit)
     path = Path(path)
-    with _open_maybe_gzip(path) as f:
+    with open_maybe_gzip(path) as f:
         head = f.read(4)
         if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES:
             raise ValueError(f"{path} is not an idx file (header {head!r}); expected 00 00 <dtype code> <ndim>.")
@@ -108,8 +111,9 @@ def _find_idx(root: Path, subdir: str, stem: str) -> Path:
             if (folder / name).is_file():
                 return folder / name
     raise DataMissingError(
-        f"no {stem}[.gz] in {root} or {root / subdir}. Get it with `pydeq data fetch {subdir} --cache DIR` "
-        f"(see ../shared/data/README.md) and pass that DIR."
+        f"no {stem}[.gz] in {root} or {root / subdir}. Fetch it with `pydeq data fetch {subdir} --cache {root}`, "
+        f"or install a copy you have (the four idx files in a tarball, .deb or folder) with "
+        f"`pydeq data fetch {subdir} --cache {root} --from FILE`; see {DOCS}."
     )
 
 
@@ -178,7 +182,8 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     return out
 
 
-def _read_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR python batch (its bytes) as ``x: (n, 3, 32, 32)`` uint8 and ``y: (n,)`` int64, unpickled safely."""
     d = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise ValueError("not a CIFAR-10 python batch: expected a dict with b'data' and b'labels'.")
@@ -189,8 +194,9 @@ def _read_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 _TAR_INDEX: dict[tuple[str, int, int], dict[str, tarfile.TarInfo]] = {}
 
 
-class _Files:
-    """Name → bytes over a folder or a tarball, so every layout is parsed once."""
+class FolderOrTar:
+    """Name → bytes over a folder or a tarball (``names``: its files, ``/``-separated), so every layout is parsed
+    once; :mod:`pydeq.bench.local` checks copies with it."""
 
     def __init__(self, source: Path) -> None:
         self.source = source
@@ -220,7 +226,7 @@ class _Files:
             self._tar.close()
 
 
-def _cifar_batches(files: _Files, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+def _cifar_batches(files: FolderOrTar, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray] | None:
     wanted = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     by_base = {n.rsplit("/", 1)[-1]: n for n in files.names}
     if not all(w in by_base for w in wanted):
@@ -229,7 +235,7 @@ def _cifar_batches(files: _Files, split: str, limit: int | None) -> tuple[np.nda
     for w in wanted:
         if limit is not None and n >= limit:
             break
-        x, y = _read_batch(files.read_many([by_base[w]])[by_base[w]])
+        x, y = read_cifar_batch(files.read_many([by_base[w]])[by_base[w]])
         xs.append(x)
         ys.append(y)
         n += len(y)
@@ -237,11 +243,11 @@ def _cifar_batches(files: _Files, split: str, limit: int | None) -> tuple[np.nda
     return (x[:limit], y[:limit]) if limit is not None else (x, y)
 
 
-def _cifar_images(files: _Files, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+def _cifar_images(files: FolderOrTar, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray] | None:
     per_class: dict[str, list[str]] = {c: [] for c in CIFAR10_CLASSES}
     for name in files.names:
         parts = name.split("/")
-        if len(parts) >= 3 and parts[-3] == split and parts[-2] in per_class and name.endswith(_IMAGE_SUFFIXES):
+        if len(parts) >= 3 and parts[-3] == split and parts[-2] in per_class and name.endswith(IMAGE_SUFFIXES):
             per_class[parts[-2]].append(name)
     if not any(per_class.values()):
         return None
@@ -290,7 +296,7 @@ def load_cifar10(
     for source in _cifar_sources(root):
         if not source.exists():
             continue
-        files = _Files(source)
+        files = FolderOrTar(source)
         try:
             found = _cifar_batches(files, split, limit) or _cifar_images(files, split, limit)
         finally:
@@ -298,10 +304,11 @@ def load_cifar10(
         if found is not None:
             x, y = found
             return torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y)
+    cache = "DIR" if root.is_file() else root  # a tarball was given: the fix is a cache folder, named by the user
     raise DataMissingError(
         f"no CIFAR-10 {split} data in {root}: expected data_batch_1..5/test_batch or {split}/<class>/*.jpg, "
-        "in a folder or tarball. Get it with `pydeq data fetch cifar10 --cache DIR [--from TARBALL]` "
-        "(see ../shared/data/README.md)."
+        f"in a folder or tarball. Fetch it with `pydeq data fetch cifar10 --cache {cache}`, or install a copy you "
+        f"have with `pydeq data fetch cifar10 --cache {cache} --from FILE`; see {DOCS}."
     )
 
 
@@ -323,12 +330,14 @@ def load(
     return _LOADERS[name](root, split, limit)
 
 
-def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None, *, source: str = "auto",
-          from_path: str | os.PathLike[str] | None = None, timeout: float = 30.0, progress: bool = True) -> Path:
-    """Obtain and verify data set ``name`` into ``<cache_dir>/<name>/``: official hosts, else registries.
+def __getattr__(name: str) -> object:
+    # pydeq.data.fetch moved to pydeq.bench.fetch.fetch (the harness fetches, this module only reads): the old name
+    # stays one release. Imported by name, not statically, because pydeq.bench.fetch itself reads this module.
+    if name == "fetch":
+        import importlib
+        import warnings
 
-    See :func:`pydeq.bench.fetch.fetch` for the sources and arguments; returns the data set's folder.
-    """
-    from pydeq.bench.fetch import fetch as _fetch
-
-    return _fetch(name, cache_dir, source=source, from_path=from_path, timeout=timeout, progress=progress)
+        warnings.warn("pydeq.data.fetch moved to pydeq.bench.fetch.fetch (or `pydeq data fetch NAME`); the old name "
+                      "goes in the next release.", DeprecationWarning, stacklevel=2)
+        return importlib.import_module("pydeq.bench.fetch").fetch
+    raise AttributeError(f"module 'pydeq.data' has no attribute {name!r}")

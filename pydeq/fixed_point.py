@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +11,7 @@ from torch import Tensor
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint
 from ._checks import check_finite, check_policy, check_tensor
 from ._root import AbstractRootFinder, Anderson, solve
-from ._solution import ConvergenceError, ConvergenceWarning, NonFiniteError, Solution, Status
+from ._solution import Solution, report_failures
 
 __all__ = ["fixed_point", "report_failures"]
 
@@ -61,21 +60,6 @@ def fixed_point(
     if grad:
         solution.z = adjoint.attach(fn, solution)
     return solution
-
-
-def report_failures(solution: Solution, on_failure: str, what: str = "fixed-point solve") -> None:
-    """Apply the ``on_failure`` policy to a finished solve."""
-    failures = solution.failures()
-    if not failures or on_failure == "return":
-        return
-    batch = solution.status.numel()
-    parts = [f"{n}/{batch} samples: {s.name} ({s.message})" for s, n in failures.items()]
-    msg = f"{what} did not converge for " + "; ".join(parts) + f". Worst residual {float(solution.residual.max()):.3g}."
-    if Status.NONFINITE in failures:
-        raise NonFiniteError(msg + " Pass on_failure='return' to inspect the solution instead.")
-    if on_failure == "raise":
-        raise ConvergenceError(msg)
-    warnings.warn(msg, ConvergenceWarning, stacklevel=3)
 
 
 def _check_state(z0: Tensor) -> None:

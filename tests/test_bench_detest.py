@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pydeq.bench import detest
-from pydeq.bench.detest_problems import PROBLEMS
-from pydeq.bench.detest_report import plot_classes, tables
+from pydeq.bench.detest.__main__ import main
+from pydeq.bench.detest.problems import PROBLEMS
+from pydeq.bench.detest.report import plot_classes, tables
 
 
 def test_matched_error_interpolates_log_log_and_is_monotone():
@@ -43,5 +44,5 @@ def test_quick_run_writes_tables_and_plots(tmp_path):
 
 def test_unknown_problem_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        detest.main(["--only", "Z9"])
+        main(["--only", "Z9"])
     assert exit_info.value.code == 2 and "unknown problem(s) ['Z9']" in capsys.readouterr().err

@@ -262,7 +262,8 @@ def test_engine_benchmark_end_to_end_at_small_sizes(tmp_path: Path, monkeypatch:
     out = tmp_path / "engine"
     assert cli.main(["bench", "engine", "--out", str(out), "--repeats", "1", "--no-progress", "--threads", "1"]) == 0
     results = assert_valid(out)
-    (c,) = results["claims"]
+    c, julia = results["claims"]  # the native-vs-Julia claim runs where Julia does, else it says why not
+    assert julia["name"] == "engine-julia" and julia["status"] in ("skipped", "held", "not_held", "inconclusive")
     methods = [r["method"] for r in c["rows"]]
     assert methods == ["pydeq d=12", "pydeq-matched d=12", "pydeq-matched-neumann d=12", "pydeq-matched d=12",
                        "pydeq d=12", "pydeq d=20"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import pickle
 import re
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,7 +43,12 @@ def exit_code(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int,
         (["bench", "quick", "--only", "no-such-claim"], "unknown claim\\(s\\) no-such-claim; available: .*selftest"),
         (["bench", "quick", "--frobnicate"], "unrecognized arguments: --frobnicate"),
         (["data", "fetch", "svhn"], "invalid choice: 'svhn'"),
-        (["data", "fetch", "mnist", "--from", "x.tar.gz"], "--from is only for cifar10"),
+        (["data", "fetch", "--from", "x.tar.gz"], "--from installs one data set's copy, so name that one: "
+                                                  "`pydeq data fetch NAME --from x.tar.gz` .* got all"),
+        (["data", "fetch", "mnist", "cifar10", "--from", "x.tgz"], "--from installs one data set's copy"),
+        (["data", "fetch", "mnist", "--from", "no-such-copy.tgz"], "--from no-such-copy.tgz: no such file or folder"),
+        (["data", "fetch", "mnist", "--source", "official", "--from", str(REPO / "pyproject.toml")],
+         "--from installs a local copy, so --source official has nothing to choose"),
         (["data", "fetch", "mnist", "--source", "ftp"], "invalid choice: 'ftp'"),
     ],
 )
@@ -79,17 +87,93 @@ def test_bench_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert "selftest" in capsys.readouterr().out
 
 
+def cifar_batches_tarball(path: Path, labels: list[int]) -> Path:
+    """A CIFAR-10 python-batches tarball in the official layout, with ``labels`` in every batch."""
+    members = {f"cifar-10-batches-py/{n}": pickle.dumps({b"data": np.zeros((len(labels), 3072), np.uint8),
+                                                         b"labels": labels}, protocol=2)
+               for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    with tarfile.open(path, "w:gz") as tf:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    return path
+
+
 def test_data_info_and_fetch_cifar_from_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "src" / "test" / "cat").mkdir(parents=True)
-    (tmp_path / "src" / "test" / "cat" / "0000.jpg").write_bytes(b"not really")
-    with tarfile.open(tmp_path / "c.tar.gz", "w:gz") as tf:
-        tf.add(tmp_path / "src" / "test", arcname="test")
     cache = tmp_path / "cache"
-    assert cli.main(["data", "fetch", "cifar10", "--cache", str(cache), "--from", str(tmp_path / "c.tar.gz")]) == 0
+    tarball = cifar_batches_tarball(tmp_path / "c.tar.gz", [1, 2])
+    assert cli.main(["data", "fetch", "cifar10", "--cache", str(cache), "--from", str(tarball)]) == 0
     assert (cache / "cifar10" / "c.tar.gz").is_file()
+    assert "python batches: 10 train, 2 test" in capsys.readouterr().out
     assert cli.main(["data", "info", "--cache", str(cache)]) == 0
     out = capsys.readouterr().out
     assert "c.tar.gz" in out and "missing: pydeq data fetch mnist" in out
+
+
+def test_data_fetch_from_a_bad_copy_exits_1_saying_what_was_wrong(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    tarball = cifar_batches_tarball(tmp_path / "c.tar.gz", [4, 12])
+    code = cli.main(["data", "fetch", "cifar10", "--cache", str(tmp_path / "cache"), "--from", str(tarball)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert re.search(r"pydeq data fetch: --from .*c.tar.gz was not installed: .*data_batch_1 has 2 images and 2 "
+                     r"labels in 4..12; expected one label in 0..9 per image\. `--from` takes the official "
+                     r"cifar-10-python.tar.gz .*; see the 'Data sets' section of pydeq's README", err), err
+    assert "shared" not in err and not (tmp_path / "cache" / "cifar10").exists()
+
+
+def test_fetch_help_names_no_checkout_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["data", "fetch", "--help"])
+    out = capsys.readouterr().out
+    assert "--from FILE" in out and "shared" not in out
+
+
+# ---------------------------------------------------------------------------------------------------- extras
+@pytest.mark.parametrize("module", list(cli.BENCH_MODULES))
+@pytest.mark.parametrize("suite", ["quick", "paper", "engine"])
+def test_bench_without_the_bench_extra_exits_2_naming_it(module: str, suite: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ModuleNotFoundError
+    code, err = exit_code(["bench", suite, "--only", "selftest", "--out", str(tmp_path)], capsys)
+    assert code == 2, err
+    dist = cli.BENCH_MODULES[module]
+    package = "" if dist == module else f" (package {dist})"
+    assert (f"`pydeq bench {suite}` needs the optional module '{module}'{package}, which is not installed here. "
+            "It comes with pydeq's `bench` extra: pip install 'pydeq[bench]'") in err, err
+    assert not list(tmp_path.iterdir())  # refused before anything ran
+
+
+def test_bench_names_every_missing_module_and_list_needs_none(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    for module in cli.BENCH_MODULES:
+        monkeypatch.setitem(sys.modules, module, None)
+    code, err = exit_code(["bench", "quick"], capsys)
+    assert code == 2 and "needs the optional modules 'tqdm', 'matplotlib', 'PIL' (package pillow), 'torchdeq', " \
+        "'torchdiffeq', which are not installed here. They come with pydeq's `bench` extra" in err, err
+    assert cli.main(["bench", "list"]) == 0 and "selftest" in capsys.readouterr().out
+
+
+def test_bench_modules_are_the_bench_extra() -> None:
+    """The check's list and pyproject.toml's `bench` extra name the same distributions."""
+    from importlib.metadata import requires
+
+    extra = {re.split(r"[<>=!~; \[]", r, maxsplit=1)[0].lower() for r in requires("pydeq") or []
+             if re.search(r"""extra\s*==\s*["']bench["']""", r)}
+    assert extra == set(cli.BENCH_MODULES.values())
+
+
+def test_missing_extra_in_a_real_process_exits_2() -> None:
+    """As a user without the extra sees it: the console entry point, no traceback, status 2."""
+    code = ("import runpy, sys; sys.modules['tqdm'] = None; sys.argv = ['pydeq', 'bench', 'quick']; "
+            "runpy.run_module('pydeq.cli', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 2, r.stderr
+    assert "needs the optional module 'tqdm'" in r.stderr and "pip install 'pydeq[bench]'" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_data_fetch_failure_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

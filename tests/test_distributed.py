@@ -82,6 +82,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     torch.set_num_threads(1)
+    # Only DDP's own collectives run here, on buffers its C++ reducer allocates; so although DDP keeps the default
+    # group's gloo threads alive past destroy_process_group(), none of them holds a tensor made in Python at exit
+    # (see examples/train_ddp.py's docstring for what happens otherwise).
     try:
         x = full_batch()[rank * PER_RANK:(rank + 1) * PER_RANK]
         results = {}
@@ -149,10 +152,50 @@ def test_torchrun_example_trains() -> None:
 
     root = Path(__file__).resolve().parents[1]
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    out = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port", str(_free_port()),
+    # --standalone: torchrun binds a free port itself (a port picked here could be taken before it binds)
+    out = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2",
                           str(root / "examples" / "train_ddp.py"), "--steps", "100"],
                          capture_output=True, text=True, timeout=300, cwd=root,
                          env={**os.environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr[-2000:]
     losses = [float(m) for m in re.findall(r"loss ([0-9.]+)", out.stdout)]
     assert len(losses) == 2 and losses[-1] < 0.3, out.stdout
+
+
+def _example_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Run examples/train_ddp.py's main() as one of ``world`` ranks, recording the group of each collective it
+    calls itself (DDP's are not counted) and whether it tore the process group down."""
+    import os
+    import sys
+    from pathlib import Path
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import train_ddp
+
+    groups: list[str] = []
+    for name in ("all_reduce", "all_gather", "broadcast", "reduce", "barrier", "all_gather_object"):
+        real = getattr(dist, name)
+
+        def recorded(*args, _real=real, **kwargs):
+            if sys._getframe(1).f_code.co_filename == train_ddp.__file__:
+                group = kwargs.get("group")
+                groups.append("default" if group is None or group == dist.group.WORLD else "own")
+            return _real(*args, **kwargs)
+
+        setattr(dist, name, recorded)
+    sys.argv = ["train_ddp.py", "--steps", "2", "--threads", "1"]
+    train_ddp.main()
+    torch.save({"groups": groups, "initialized_after": dist.is_initialized()}, f"{out}/rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_example_keeps_its_collectives_off_the_default_group(tmp_path) -> None:
+    """The invariant the example's clean exit rests on: every collective it calls itself runs on a group that
+    ``destroy_process_group()`` really destroys (not the default group, which DDP keeps alive), and it tears down."""
+    mp.spawn(_example_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        record = torch.load(tmp_path / f"rank{rank}.pt")
+        assert record["groups"] == ["own"], record  # one statistics all_reduce, at the last of 2 steps
+        assert not record["initialized_after"]

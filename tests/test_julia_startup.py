@@ -28,7 +28,7 @@ import torch
 import pydeq
 from pydeq import spec
 import pydeq.julia as pj
-model = spec.build(spec.DEQ(spec.Injection(z=spec.Dense(2, 2), x=spec.Dense(2, 2))), backend="julia")
+model = spec.build(spec.DEQSpec(spec.Injection(z=spec.Dense(2, 2), x=spec.Dense(2, 2))), backend="julia")
 out = {}
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -63,8 +63,9 @@ def test_import_pydeq_never_imports_juliacall():
     code = (
         "import sys, pickle, torch, pydeq, pydeq.julia, pydeq.interop\n"
         "from pydeq import spec\n"
-        "m = spec.build(spec.DEQ(spec.Injection(z=spec.Dense(2, 2), x=spec.Dense(2, 2))), backend='julia')\n"
-        "pickle.loads(pickle.dumps(m)).state_dict(); spec.julia_spec(m)\n"
+        "from pydeq.julia import translate\n"
+        "m = spec.build(spec.DEQSpec(spec.Injection(z=spec.Dense(2, 2), x=spec.Dense(2, 2))), backend='julia')\n"
+        "pickle.loads(pickle.dumps(m)).state_dict(); translate.julia_spec(m)\n"
         "bad = [k for k in ('juliacall', 'juliapkg', 'pydeq.julia._runtime') if k in sys.modules]\n"
         "print('RESULT' + __import__('json').dumps({'loaded': bad}))\n"
     )

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._batched import batch_norm
 from .._checks import check_int
+from .._norms import l2_norm
 from .._solution import Solution
 from ._base import AbstractAdjoint
 from .implicit import attach_hook
@@ -55,10 +55,10 @@ class BroydenReuseAdjoint(AbstractAdjoint):
 
         def correct(g: Tensor, K: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
             w = -factors.apply_transpose(g.reshape(g.shape[0], -1)).reshape(g.shape)
-            residual = torch.full_like(batch_norm(g), torch.nan)  # unknown without a further VJP
+            residual = torch.full_like(l2_norm(g), torch.nan)  # unknown without a further VJP
             for _ in range(refine):
                 w_next = g + K(w)
-                residual, w = batch_norm(w_next - w), w_next  # residual of the previous iterate, for free
+                residual, w = l2_norm(w_next - w), w_next  # residual of the previous iterate, for free
             return w, residual
 
         return attach_hook(fn, solution, correct)

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .._linear import GMRES
-from .._linear._base import AbstractLinearSolver
+from .._linear import GMRES, AbstractLinearSolver
 from .._solution import Solution
 from ._base import AbstractAdjoint, vjp_operator
 

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._batched import batch_norm, combine, project
+from .._batched import combine, project
 from .._checks import check_int, check_positive
+from .._norms import l2_norm
 from ._base import AbstractLinearSolver, LinearSolution
 
 __all__ = ["GMRES"]
@@ -59,10 +60,10 @@ class GMRES(AbstractLinearSolver):
             return v - Kf(v)
 
         w = torch.zeros_like(bf) if w0 is None else w0.reshape(batch, -1).clone()
-        tol = self.atol + self.rtol * batch_norm(bf)
+        tol = self.atol + self.rtol * l2_norm(bf)
         matvecs = int(w0 is not None)
         r = bf - A(w) if w0 is not None else bf.clone()
-        res = batch_norm(r)
+        res = l2_norm(r)
         while matvecs < self.max_steps:
             active = res > tol
             if not bool(active.any()):
@@ -78,7 +79,7 @@ class GMRES(AbstractLinearSolver):
             # system it can claim convergence that the iterate does not have, so the stop is decided on b - A w
             r = bf - A(w)
             matvecs += 1
-            res = batch_norm(r)
+            res = l2_norm(r)
         return LinearSolution(w=w.reshape(shape), residual=res, matvecs=matvecs)
 
     def _cycle(self, K: Callable[[Tensor], Tensor], r: Tensor, beta: Tensor, tol: Tensor,
@@ -123,16 +124,16 @@ def _arnoldi_step(v: Tensor, Vj: Tensor) -> tuple[Tensor, np.ndarray, Tensor, np
     ``||v_after|| < ||v_before|| / sqrt(2)``, Daniel et al. 1976): "twice is enough", usually once is.
     """
     j = Vj.shape[1]
-    before = batch_norm(v)
+    before = l2_norm(v)
     h = project(v, Vj)
     v = v - combine(h, Vj)
-    hn = batch_norm(v)
+    hn = l2_norm(v)
     host = _host(torch.cat([h, hn[:, None], before[:, None]], 1))
     col, hn_h = host[:, :j], host[:, j]
     if (hn_h < _DGKS * host[:, j + 1]).any():
         h2 = project(v, Vj)
         v = v - combine(h2, Vj)
-        hn = batch_norm(v)
+        hn = l2_norm(v)
         host = _host(torch.cat([h2, hn[:, None]], 1))
         col, hn_h = col + host[:, :j], host[:, j]
     return v, col, hn, hn_h

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._batched import batch_norm
 from .._checks import check_fraction, check_int, check_positive
+from .._norms import l2_norm
 from ._base import AbstractLinearSolver, LinearSolution
 
 __all__ = ["Neumann"]
@@ -41,7 +41,7 @@ class Neumann(AbstractLinearSolver):
 
     def solve(self, K: Callable[[Tensor], Tensor], b: Tensor, w0: Tensor | None = None) -> LinearSolution:
         w = b.clone() if w0 is None else w0.clone()
-        tol = self.atol + self.rtol * batch_norm(b)
+        tol = self.atol + self.rtol * l2_norm(b)
         shape = (-1,) + (1,) * (b.dim() - 1)
         res = torch.full_like(tol, torch.inf)
         matvecs = 0
@@ -49,7 +49,7 @@ class Neumann(AbstractLinearSolver):
             target = b + K(w)
             matvecs += 1
             diff = target - w
-            res = batch_norm(diff)
+            res = l2_norm(diff)
             active = res > tol
             n_active = int(active.sum())
             if n_active == 0:

@@ -4,6 +4,7 @@ from .adjoint import AbstractODEAdjoint, BacksolveAdjoint, CheckpointAdjoint, Di
 from .controller import PIController
 from .events import Event
 from .odeint import odeint
+from .residual_euler import ResidualEuler
 from .solvers import (
     BS3,
     RK4,
@@ -19,9 +20,10 @@ from .solvers import (
     Tsit5,
 )
 from .steady_state import SteadyState
+from .vcab3 import VCAB3
 
 __all__ = [
     "AbstractODEAdjoint", "AbstractODESolver", "BS3", "BacksolveAdjoint", "DirectAdjoint", "Dopri5", "Euler",
-    "PIController", "RK4", "SteadyState", "Tsit5", "odeint",
+    "PIController", "RK4", "ResidualEuler", "SteadyState", "Tsit5", "VCAB3", "odeint",
     "CheckpointAdjoint", "Event", "Fehlberg2", "Heun2", "Heun3", "HeunEuler", "Midpoint", "RK38",
 ]

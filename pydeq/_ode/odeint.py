@@ -11,12 +11,13 @@ from torch import Tensor, nn
 
 from .._checks import check_finite, check_int, check_policy, check_tensor
 from .._norms import check_norm_output
-from .._solution import Solution
+from .._solution import Solution, report_failures
 from .adjoint import AbstractODEAdjoint, DirectAdjoint
 from .events import Event, attach_event_gradient
 from .problem import ODEProblem
 from .solvers import AbstractODESolver, Tsit5
 from .times import TimeGrid, time_grid, with_output_times, with_start_time
+from .vcab3 import VCAB3
 
 __all__ = ["odeint", "find_params", "check_ode_solver", "check_odeint_args"]
 
@@ -50,7 +51,8 @@ def odeint(
             strictly increasing or strictly decreasing (integrating backward), its first entry the start.
             With ``event``: ``(t0, t_max)`` (``t_max`` may be ``math.inf``), or a 2-entry tensor.
         solver: an ODE method (``Tsit5``, ``Dopri5``, ``BS3``, ``HeunEuler``, ``Fehlberg2`` adaptive; ``Euler``,
-            ``Midpoint``, ``Heun2``, ``Heun3``, ``RK4``, ``RK38`` fixed-step); default ``Tsit5()``.
+            ``Midpoint``, ``Heun2``, ``Heun3``, ``RK4``, ``RK38`` fixed-step; the multistep ``VCAB3``, which lands
+            on every output time, with ``DirectAdjoint`` and no event); default ``Tsit5()``.
         adjoint: ``DirectAdjoint()`` (default: back-propagate through the solver), ``CheckpointAdjoint()``
             (the same gradient in O(√steps) memory) or ``BacksolveAdjoint()`` (continuous adjoint).
         event: an :class:`~pydeq.Event`; each sample stops where its event function crosses zero.
@@ -78,8 +80,6 @@ def odeint(
     elif not grid.endpoint_only:
         solution.z, calls = with_output_times(fn, grid, solution.z, u0)
         solution.nfe += calls
-    from ..fixed_point import report_failures  # lazy: keeps pydeq._ode importable on its own
-
     report_failures(solution, on_failure, what="ODE solve")
     return solution
 
@@ -88,7 +88,7 @@ def check_ode_solver(solver: Any, where: str = "solver") -> None:
     """Reject anything that is not an ODE method, pointing root finders to the right place."""
     if isinstance(solver, AbstractODESolver):
         return
-    from .._root._base import AbstractRootFinder
+    from .._root import AbstractRootFinder
 
     if isinstance(solver, AbstractRootFinder):
         raise TypeError(
@@ -105,7 +105,9 @@ def check_odeint_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, 
     if not callable(fn):
         raise TypeError(f"fn must be callable as fn(t, u); got {type(fn).__name__}.")
     check_ode_solver(solver)
-    if getattr(solver, "tableau", None) is None:
+    if isinstance(solver, VCAB3):
+        _check_multistep(adjoint, event)
+    elif getattr(solver, "tableau", None) is None:
         raise TypeError(f"{type(solver).__name__} is not a Runge–Kutta method with a tableau, so odeint cannot "
                         f"integrate with it; use one of {METHODS}.")
     if not isinstance(adjoint, AbstractODEAdjoint):
@@ -132,6 +134,17 @@ def check_odeint_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, 
     if solver.adaptive:
         check_norm_output(type(solver).__name__, solver.norm(u0), u0.shape[0])
     return grid
+
+
+def _check_multistep(adjoint: Any, event: Any) -> None:
+    """VCAB3 runs its own loop (:mod:`~pydeq._ode.adams`): back-propagation through it, no events."""
+    if type(adjoint).__name__ != "DirectAdjoint":
+        raise TypeError(f"VCAB3 (a multistep method) is differentiated by DirectAdjoint() only; got "
+                        f"{type(adjoint).__name__}. Use DirectAdjoint(), or a Runge–Kutta method (Tsit5, ...) for "
+                        "CheckpointAdjoint/BacksolveAdjoint.")
+    if event is not None:
+        raise TypeError("VCAB3 (a multistep method) has no event location; use a Runge–Kutta method (Tsit5, ...) "
+                        "for an event solve.")
 
 
 def _as_params(params: Sequence[Tensor]) -> tuple[Tensor, ...]:

@@ -10,11 +10,13 @@ from typing import Any
 from torch import Tensor
 
 from .._solution import Solution
+from .adams import adams_forward
 from .dense import OutputRecorder
 from .integrate import ODERun, StepRecord, integrate
 from .solvers import AbstractODESolver
 from .step import VectorField
 from .times import TimeGrid, directed
+from .vcab3 import VCAB3
 
 __all__ = ["ODEProblem", "AbstractODEAdjoint", "Forward", "solve_forward", "to_solution"]
 
@@ -63,6 +65,10 @@ def solve_forward(problem: ODEProblem, u0: Tensor, *, reuse_last_stage: bool = T
                   observers: Sequence[Callable[[StepRecord], None]] = ()) -> Forward:
     """Run the loop on ``problem`` (dense output at the output times, event location) from ``u0``."""
     g = problem.grid
+    if isinstance(problem.solver, VCAB3):  # a multistep method: its own loop, landing on every output time
+        run, ys = adams_forward(problem.solver, problem.field, u0, g.s, max_steps=problem.max_steps,
+                                outputs=not g.endpoint_only)
+        return Forward(run=run, ys=ys)
     recorder = None
     if not g.endpoint_only:
         recorder = OutputRecorder(problem.solver.tableau, g.s, u0, g.s0)

@@ -1,6 +1,6 @@
 """The root-finder protocol and the one driver loop that runs every solver.
 
-A solver is a frozen dataclass with ``rtol``, ``atol`` and ``max_steps`` and three methods:
+A solver is a frozen dataclass with ``rtol``, ``atol``, ``max_steps``, ``norm`` and ``stagnation`` and three methods:
 
 * ``init(fn, z0) -> state``: build the state; ``state.z`` is the iterate and ``state.fz = fn(state.z)``.
 * ``step(fn, state, active) -> state``: one iteration for the whole batch. ``active`` is a ``(batch,)``
@@ -8,8 +8,9 @@ A solver is a frozen dataclass with ``rtol``, ``atol`` and ``max_steps`` and thr
   solvers that keep history must not learn from them).
 * ``postprocess(state) -> dict``: solver data to keep in ``Solution.extras`` (e.g. Broyden factors).
 
-The driver measures the residual ``||f(z) - z||`` per sample, stops each sample when
-``residual <= atol + rtol * ||f(z)||``, keeps each sample's best iterate, and flags NaN/Inf.
+The driver measures the residual ``norm(f(z) - z)`` per sample, stops each sample when
+``norm(f(z) - z) <= atol + rtol * norm(f(z))``, keeps each sample's best iterate, flags NaN/Inf, and stops a
+sample whose best residual has stopped falling (:class:`Stagnation`) with status ``STAGNATED``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,61 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._batched import batch_norm, freeze
+from .._batched import freeze
+from .._checks import check_int, check_positive, check_tolerances
+from .._norms import Norm, check_norm, check_norm_output
 from .._solution import Solution, Status
 
-__all__ = ["AbstractRootFinder", "solve", "CountedFn", "IterateState", "batch_norm", "freeze"]
+__all__ = ["AbstractRootFinder", "Stagnation", "solve", "CountedFn", "IterateState", "check_stop_fields"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Stagnation:
+    """When a sample has stopped making progress: its best residual fell by less than ``min_decrease``
+    (relative) over the last ``patience`` steps.
+
+    Each sample keeps a reference level, its best residual when it last made progress. A step makes progress
+    when the best residual drops to ``(1 - min_decrease) * reference`` or below; that resets the reference.
+    A sample that goes ``patience`` steps without progress stops with ``Status.STAGNATED`` and returns its best
+    iterate, instead of running to ``max_steps``. With the defaults a sample must cut its best residual by 1%
+    within any 20 steps: a steady rate slower than ``0.99 ** (1 / 20) = 0.9995`` per step counts as stagnation
+    (at that rate a tolerance of 1e-4 from a residual of 1 would take ~18,000 steps).
+
+    The rule is DeepEquilibriumNetworks.jl's ``*_deq_default`` termination in spirit (there: stop after 30
+    steps when the objective's max/min over a window is below 1.3), stated on the best residual so that an
+    oscillating residual (an explicit ODE method at its stability limit, Broyden's non-monotone steps) is caught.
+
+    Args:
+        patience: steps without progress before a sample stops (int >= 1).
+        min_decrease: relative decrease of the best residual that counts as progress, in [0, 1).
+    """
+
+    patience: int = 20
+    min_decrease: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_int("Stagnation.patience", self.patience)
+        check_positive("Stagnation.min_decrease", self.min_decrease, allow_zero=True)
+        if self.min_decrease >= 1:
+            raise ValueError(f"Stagnation.min_decrease must be in [0, 1); got {self.min_decrease!r}. 0.01 is typical.")
+
+
+def check_stagnation(where: str, value: Any) -> None:
+    """Require a :class:`Stagnation` or ``None``."""
+    if value is not None and not isinstance(value, Stagnation):
+        raise TypeError(
+            f"{where}.stagnation must be pydeq.Stagnation(patience=..., min_decrease=...) or None (never stop "
+            f"early); got {type(value).__name__} {value!r}."
+        )
+
+
+def check_stop_fields(obj: Any) -> None:
+    """Validate the fields every root finder carries: ``rtol``, ``atol``, ``max_steps``, ``norm``, ``stagnation``."""
+    check_tolerances(obj)
+    check_norm(type(obj).__name__, obj.norm)
+    check_stagnation(type(obj).__name__, obj.stagnation)
+
+
 
 
 @dataclasses.dataclass
@@ -55,6 +107,8 @@ class AbstractRootFinder(abc.ABC):
     rtol: float
     atol: float
     max_steps: int
+    norm: Norm
+    stagnation: Stagnation | None
 
     @abc.abstractmethod
     def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> Any: ...
@@ -66,12 +120,12 @@ class AbstractRootFinder(abc.ABC):
         return {}
 
     def tolerance(self, state: Any) -> Tensor:
-        """``(batch,)`` acceptance threshold ``atol + rtol * ||f(z)||``."""
-        return self.atol + self.rtol * batch_norm(state.fz)
+        """``(batch,)`` acceptance threshold ``atol + rtol * norm(f(z))``."""
+        return self.atol + self.rtol * self.norm(state.fz)
 
     def residual(self, state: Any) -> Tensor:
-        """``(batch,)`` residual norm ``||f(z) - z||`` that defines convergence."""
-        return batch_norm(state.fz - state.z)
+        """``(batch,)`` residual ``norm(f(z) - z)`` that defines convergence."""
+        return self.norm(state.fz - state.z)
 
 
 def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor, *,
@@ -93,6 +147,7 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
     counted = CountedFn(fn)
     state = solver.init(counted, z0)
     res = solver.residual(state)
+    check_norm_output(type(solver).__name__, res, batch)
     status = torch.full((batch,), int(Status.MAX_STEPS), dtype=torch.int64, device=device)
     steps = torch.zeros(batch, dtype=torch.int64, device=device)
     finite = res < torch.inf  # False for NaN and Inf alike
@@ -100,12 +155,13 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
     status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(~finite, int(Status.NONFINITE))
     active = finite & ~done
     best_z, best_res = state.z, torch.where(finite, res, torch.inf)
+    stall = _StallClock(solver.stagnation, best_res)
     history = [res.detach().clone()] if trace else None
     # The loop keeps best_res <= res for every sample, so `res < best_res` is already False for frozen samples
     # and for NaN. The (batch, *state)-sized selects run only when the masks are mixed, which counts read
     # together at the end of each step decide. While every sample is running, one host read (counts of the
-    # improved and of the still-above-tolerance samples, and the residual sum, finite iff every residual is)
-    # tells whether any sample stopped; only then are the status masks updated.
+    # improved, of the still-above-tolerance and of the stalled samples, and the residual sum, finite iff every
+    # residual is) tells whether any sample stopped; only then are the status masks updated.
     it, n_active = 0, int(active.sum())
     for it in range(1, solver.max_steps + 1):
         if n_active == 0:
@@ -120,17 +176,21 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
             res = torch.where(active, solver.residual(state), res)
         better = res < best_res
         tol = solver.tolerance(state)
+        stalled = stall.update(torch.where(better, res, best_res), it)
         quiet = False
         if everyone:
-            n_better, n_above, total = torch.stack([better.sum(), (res > tol).sum(), res.sum()]).tolist()
-            quiet = n_above == batch and math.isfinite(total)
+            n_better, n_above, n_stalled, total = torch.stack(
+                [better.sum(), (res > tol).sum(), stalled.sum(), res.sum()]).tolist()
+            quiet = n_above == batch and n_stalled == 0 and math.isfinite(total)
         if not quiet:
             done = res <= tol
             broken = ~(res < torch.inf)
             if not everyone:
                 done, broken = done & active, broken & active
+            stalled = stalled & active & ~done & ~broken
             status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(broken, int(Status.NONFINITE))
-            stopped = done | broken
+            status.masked_fill_(stalled, int(Status.STAGNATED))
+            stopped = done | broken | stalled
             steps.masked_fill_(stopped, it)
             active = active ^ stopped
             n_better, n_active = torch.stack([better.sum(), active.sum()]).tolist()
@@ -146,3 +206,23 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
     best_res = torch.where(nonfinite & torch.isinf(best_res), torch.nan, best_res)
     return Solution(z=best_z, residual=best_res.detach(), status=status, nfe=counted.calls,
                     steps=steps, trace=history, extras=solver.postprocess(state))
+
+
+class _StallClock:
+    """Per-sample progress bookkeeping of :class:`Stagnation`: the reference level and the step it was set."""
+
+    def __init__(self, rule: Stagnation | None, best_res: Tensor):
+        self.rule = rule
+        self.level = best_res.detach().clone()
+        self.since = torch.zeros(best_res.shape, dtype=torch.int64, device=best_res.device)
+        self.never = torch.zeros(best_res.shape, dtype=torch.bool, device=best_res.device)
+
+    def update(self, best_res: Tensor, it: int) -> Tensor:
+        """``(batch,)`` mask of samples with ``patience`` steps and no progress, given the best residual so far."""
+        if self.rule is None:
+            return self.never
+        best = best_res.detach()
+        progress = best <= (1.0 - self.rule.min_decrease) * self.level
+        self.level = torch.where(progress, best, self.level)
+        self.since = torch.where(progress, it, self.since)
+        return (it - self.since) >= self.rule.patience

@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from .._batched import combine, project, write_slot
-from .._checks import check_fraction, check_int, check_positive, check_tolerances
-from ._base import AbstractRootFinder
+from .._checks import check_fraction, check_int, check_positive
+from .._norms import Norm, l2_norm, rms_norm
+from ._base import AbstractRootFinder, Stagnation, check_stop_fields
 
 __all__ = ["Anderson"]
 
@@ -26,7 +27,7 @@ class _State:
     eye: Tensor  # (m, m) and (batch, m, 1) constants, made once per solve
     ones: Tensor
     k: int  # iterates stored so far; the newest sits in slot (k - 1) % m
-    res: Tensor | None = None  # (batch,) ||f(z) - z|| read off the Gram diagonal (no-grad path), else None
+    res: Tensor | None = None  # (batch,) norm(f(z) - z) read off the Gram diagonal (no-grad path), else None
     views: dict | None = None  # no-grad path: views of the in-place buffers, made once per solve (see _views)
 
 
@@ -56,7 +57,12 @@ class Anderson(AbstractRootFinder):
     ``z <- damping sum_i a_i f(z_i) + (1 - damping) sum_i a_i z_i``.
 
     Args:
-        rtol, atol: a sample stops when ``||f(z) - z|| <= atol + rtol ||f(z)||``.
+        rtol, atol: a sample stops when ``norm(f(z) - z) <= atol + rtol * norm(f(z))``; ``rtol = 0`` is an
+            absolute test, ``atol = 0`` a relative one (DeepEquilibriumNetworks.jl's ``rel_norm``).
+        norm: per-sample norm ``(batch, *state) -> (batch,)``: ``pydeq.rms_norm`` (default; a tolerance means
+            the same at any state size), ``pydeq.max_norm`` or ``pydeq.l2_norm``.
+        stagnation: a :class:`pydeq.Stagnation` rule stopping a sample whose residual stopped falling
+            (status ``STAGNATED``, best iterate returned); ``None`` runs to ``max_steps``.
         max_steps: iterations allowed (one f call each).
         history: ``m``, number of past iterates mixed.
         regularisation: Tikhonov term on the mixing weights, relative to the mean squared residual.
@@ -66,12 +72,14 @@ class Anderson(AbstractRootFinder):
     rtol: float = 1e-4
     atol: float = 1e-6
     max_steps: int = 50
+    norm: Norm = rms_norm
+    stagnation: Stagnation | None = Stagnation(patience=100)
     history: int = 5
     regularisation: float = 1e-4
     damping: float = 1.0
 
     def __post_init__(self) -> None:
-        check_tolerances(self)
+        check_stop_fields(self)
         check_int("Anderson.history", self.history)
         check_positive("Anderson.regularisation", self.regularisation, allow_zero=True)
         check_fraction("Anderson.damping", self.damping)
@@ -126,7 +134,15 @@ class Anderson(AbstractRootFinder):
     def residual(self, state: _State) -> Tensor:
         if state.res is not None:
             return state.res
-        return torch.linalg.vector_norm(state.G[:, (state.k - 1) % self.history], dim=1)
+        return self.norm(state.G[:, (state.k - 1) % self.history].reshape(state.z.shape))
+
+    def _norm_from_square(self, square: Tensor, n: int) -> Tensor | None:
+        """The residual's norm from its squared Euclidean norm, for the norms that allow it (else ``None``)."""
+        if self.norm is l2_norm:
+            return square.sqrt()
+        if self.norm is rms_norm:
+            return (square / max(n, 1)).sqrt()
+        return None
 
     def _record(self, state: _State) -> _State:
         """Store ``f(z) - z`` and ``f(z)`` in the next slot and update that row and column of the Gram matrix."""
@@ -153,4 +169,4 @@ class Anderson(AbstractRootFinder):
         else:  # before the ring buffer wraps, the slot is the newest of the written ones
             s.row[:, :written] = row
             s.col[:, :written] = row
-        return dataclasses.replace(state, k=state.k + 1, res=row[:, slot].sqrt())
+        return dataclasses.replace(state, k=state.k + 1, res=self._norm_from_square(row[:, slot], g.shape[1]))

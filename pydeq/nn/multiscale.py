@@ -20,12 +20,12 @@ from .._ode.adjoint import AbstractODEAdjoint
 from .._ode.solvers import AbstractODESolver
 from .._root import AbstractRootFinder
 from .._solution import Solution
-from ._mdeq_blocks import BranchLayout, BranchPredictor, MultiScaleMap, Stem
+from ._mdeq_blocks import BranchLayout, BranchPredictor, MultiScaleMap, ResidualBlock, Stem
 from .deq import DEQ, SkipDEQ, SkipRegDEQ
 from .neural_ode import DEQVectorField, NeuralODE
 
-__all__ = ["BranchLayout", "MultiScaleDEQ", "MultiScaleSkipDEQ", "MultiScaleSkipRegDEQ", "MultiScaleNeuralODE",
-           "MultiScaleClassifier"]
+__all__ = ["BranchLayout", "BranchPredictor", "MultiScaleMap", "ResidualBlock", "Stem", "MultiScaleDEQ",
+           "MultiScaleSkipDEQ", "MultiScaleSkipRegDEQ", "MultiScaleNeuralODE", "MultiScaleClassifier"]
 
 
 def _channel_list(branches: int, channels: int | Sequence[int]) -> list[int]:

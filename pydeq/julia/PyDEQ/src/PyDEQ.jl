@@ -11,7 +11,7 @@ module PyDEQ
 using DeepEquilibriumNetworks: DeepEquilibriumNetwork, SkipDeepEquilibriumNetwork
 using DLPack: DLPack
 using JSON: JSON
-using Lux: Chain, Conv, Dense, Parallel, WrappedFunction
+using Lux: Chain, Conv, Dense, GroupNorm, Parallel, SkipConnection, WrappedFunction
 using LuxCore: LuxCore, AbstractLuxLayer
 using NNlib: NNlib
 using NonlinearSolve:
@@ -20,11 +20,12 @@ using NonlinearSolve:
     LimitedMemoryBroyden,
     NewtonRaphson,
     NormTerminationMode
-using OrdinaryDiffEq: Tsit5              # exported by v6 and v7
-using OrdinaryDiffEqLowOrderRK: BS3, DP5 # v7 no longer re-exports these
+# the two solver sub-packages, not OrdinaryDiffEq, which loads every solver family
+using OrdinaryDiffEqLowOrderRK: BS3, DP5
+using OrdinaryDiffEqTsit5: Tsit5
 using PrecompileTools: @compile_workload, @setup_workload
-using PythonCall: Py
 using Random: AbstractRNG, Xoshiro
+using SciMLBase: SciMLBase
 using SciMLSensitivity: SteadyStateAdjoint, ZygoteVJP
 using Zygote: Zygote
 

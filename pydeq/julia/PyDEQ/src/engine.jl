@@ -33,7 +33,7 @@ const STARTS = Dict{String, Start}(
     "SkipRegDEQ" => SkipRegStart(),
 )
 
-struct Engine{M, A, S, T, L, P <: Start}
+struct Engine{M, A, S, T, L, P <: Start, N}
     model::M
     adjoint_model::A
     st::S
@@ -41,6 +41,7 @@ struct Engine{M, A, S, T, L, P <: Start}
     slots::L
     num_parameters::Int
     start::P
+    sample_norm::N
 end
 
 initial_state(::ZeroStart, e, x, ps, z_out) = (zero(z_out), 0)
@@ -104,7 +105,7 @@ function build(spec::AbstractDict; seed::Integer = 0)
     )
     _, twin_st = LuxCore.setup(Xoshiro(seed), twin)
     start = lookup(STARTS, spec["kind"], "model kind")
-    engine = Engine(model, twin, st, twin_st, slots, n, start)
+    engine = Engine(model, twin, st, twin_st, slots, n, start, sample_norm(spec))
     return lock(ENGINES_LOCK) do
         NEXT_HANDLE[] += 1
         ENGINES[NEXT_HANDLE[]] = engine
@@ -154,14 +155,19 @@ Solve for the equilibrium of the model behind `handle` and write it into `z_out`
 ## Arguments
 
   - `z_out`: destination for `z*`, size `(state..., batch)`.
-  - `residual_out`: destination for `‖f(z*, x) - z*‖` per sample, length `batch`.
+  - `residual_out`: destination for `norm(f(z*, x) - z*)` per sample (the spec's norm),
+    length `batch`.
   - `handle`: from [`build`](@ref).
   - `x`: input, size `(features..., batch)`.
   - `θ`: flat parameter vector in the spec's layout.
 
 ## Returns
 
-The number of function evaluations the solve used.
+`(; nfe, success, retcode)`: the function evaluations the solve used, whether it met its
+stopping rule (`SciMLBase.successful_retcode`) and the solver's return code as a `Symbol`.
+The rule is the batch's, not each sample's: the solve stops once
+`maximum_b norm(r_b) ≤ abstol` or `maximum_b norm(r_b) ≤ reltol · maximum_b norm(r_b + z_b)`
+([`BatchMax`](@ref), `r = f(z, x) - z`), so `success` is one verdict for the batch.
 """
 function forward!(
     z_out::AbstractArray,
@@ -176,8 +182,13 @@ function forward!(
     z0, nfe0 = initial_state(e.start, e, x, ps, z_out)
     z, solution = solve_from(e, z0, x, ps)
     copyto!(z_out, z)
-    batch_norms!(residual_out, solution.residual)
-    return solution.nfe + nfe0
+    sample_norms!(residual_out, e.sample_norm, solution.residual)
+    retcode = solution.original.retcode
+    return (;
+        nfe = solution.nfe + nfe0,
+        success = SciMLBase.successful_retcode(retcode),
+        retcode = Symbol(retcode),
+    )
 end
 
 """
@@ -212,8 +223,25 @@ function vjp!(
         return first(solve_from(e, z_star, x, materialize(e.slots, θ)))
     end
     _, back = Zygote.pullback(solve_from_answer, x, θ)
-    gx, gθ = back(gz)
-    gx === nothing ? fill!(gx_out, false) : copyto!(gx_out, gx)
-    gθ === nothing ? fill!(gθ_out, false) : copyto!(gθ_out, gθ)
+    gx, gθ = pullback_gradients(back(gz), 2)
+    copy_gradient!(gx_out, gx)
+    copy_gradient!(gθ_out, gθ)
     return nothing
 end
+
+"""
+    pullback_gradients(grads, n)
+
+The `n` gradients a Zygote pullback returned: `grads` itself, or `n` `nothing`s when the
+pullback returned `nothing` (Zygote's answer when no argument received a gradient).
+"""
+pullback_gradients(grads::Tuple, n::Integer) = grads
+pullback_gradients(::Nothing, n::Integer) = ntuple(Returns(nothing), n)
+
+"""
+    copy_gradient!(out, g)
+
+Write the gradient `g` into `out`; `nothing` (no gradient reached that argument) writes zeros.
+"""
+copy_gradient!(out::AbstractArray, g) = copyto!(out, g)
+copy_gradient!(out::AbstractArray, ::Nothing) = fill!(out, false)

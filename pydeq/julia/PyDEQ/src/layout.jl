@@ -70,24 +70,44 @@ function check_layout(template, slots, path = "ps")
 end
 
 """
-    batch_norms!(out, r)
+    per_sample(u)
 
-Write the Euclidean norm of each sample of `r` (batch is the last dimension) into `out`.
+`u` as a matrix with one column per sample (the batch is the last dimension).
 """
-function batch_norms!(out::AbstractVector, r::AbstractArray)
-    flat = reshape(r, :, size(r, ndims(r)))
-    out .= vec(sqrt.(sum(abs2, flat; dims = 1)))
+per_sample(u::AbstractArray) = reshape(u, :, size(u, ndims(u)))
+
+# per-sample norms of a matrix's columns, named as in pydeq (`pydeq.l2_norm`, `rms_norm`, `max_norm`)
+sample_l2(flat::AbstractMatrix) = vec(sqrt.(sum(abs2, flat; dims = 1)))
+sample_rms(flat::AbstractMatrix) = sample_l2(flat) ./ sqrt(max(size(flat, 1), 1))
+sample_max(flat::AbstractMatrix) = vec(maximum(abs, flat; dims = 1))
+
+const NORMS = Dict{String, Function}(
+    "l2" => sample_l2,
+    "rms" => sample_rms,
+    "max" => sample_max,
+)
+
+"""
+    BatchMax(sample_norm)
+
+Termination norm: the largest per-sample norm over the batch. NonlinearSolve's
+`NormTerminationMode` applies it to the residual `r = f(z) - z` and to `r + z = f(z)`, so the
+whole batch stops once `maximum_b norm(r_b) ≤ abstol` or
+`maximum_b norm(r_b) ≤ reltol · maximum_b norm(f(z_b))`: one verdict for the batch, where
+pydeq's native solvers judge and stop each sample on its own.
+"""
+struct BatchMax{F}
+    sample_norm::F
+end
+(n::BatchMax)(u::AbstractArray) = maximum(n.sample_norm(per_sample(u)))
+(::BatchMax)(u::Number) = abs(u)
+
+"""
+    sample_norms!(out, sample_norm, r)
+
+Write `sample_norm` of each sample of `r` (batch is the last dimension) into `out`.
+"""
+function sample_norms!(out::AbstractVector, sample_norm, r::AbstractArray)
+    out .= sample_norm(per_sample(r))
     return out
 end
-
-"""
-    batch_max_norm(u)
-
-Largest per-sample Euclidean norm of `u`: the termination norm, so that one batch stops when
-its worst sample meets `‖f(z) - z‖ ≤ abstol` or `≤ reltol ‖f(z)‖`, as in pydeq's own solvers.
-"""
-function batch_max_norm(u::AbstractArray)
-    flat = reshape(u, :, size(u, ndims(u)))
-    return sqrt(maximum(sum(abs2, flat; dims = 1)))
-end
-batch_max_norm(u::Number) = abs(u)

@@ -53,6 +53,24 @@ function activation_block(d)
     return WrappedFunction(Base.Fix1(broadcast, σ)), NamedTuple()
 end
 
+function group_norm_block(d)
+    layer = GroupNorm(Int(d["channels"]), Int(d["groups"]); epsilon = Float64(d["epsilon"]))
+    return layer, slots_of(d)
+end
+
+"""
+    add_state(out, zx)
+
+The connection of a residual block: `out + z`, where the block received the tuple `(z, x)`.
+"""
+add_state(out, zx::Tuple) = out .+ first(zx)
+
+function residual_block(d)
+    inner, slots = block(d["block"])
+    # a SkipConnection whose connection is a function has exactly its block's parameters
+    return SkipConnection(inner, add_state), slots
+end
+
 layer_names(n) = ntuple(i -> Symbol(:layer_, i), n)
 
 function chain_block(d)
@@ -70,9 +88,11 @@ end
 const BLOCKS = Dict{String, Function}(
     "Dense" => dense_block,
     "Conv" => conv_block,
+    "GroupNorm" => group_norm_block,
     "Activation" => activation_block,
     "Chain" => chain_block,
     "Injection" => injection_block,
+    "Residual" => residual_block,
 )
 
 """
@@ -82,8 +102,8 @@ Translate one building block of the spec into a Lux layer.
 
 ## Arguments
 
-  - `d`: a dictionary with a `"type"` entry (`Dense`, `Conv`, `Activation`, `Chain`,
-    `Injection`) and that block's fields.
+  - `d`: a dictionary with a `"type"` entry (`Dense`, `Conv`, `GroupNorm`, `Activation`,
+    `Chain`, `Injection`, `Residual`) and that block's fields.
 
 ## Returns
 
@@ -94,8 +114,14 @@ block(d) = lookup(BLOCKS, d["type"], "block type")(d)
 """
     solve_kwargs(spec)
 
-Keyword arguments forwarded by the DEQ layer to `solve`: tolerances, the termination norm,
-and a `SteadyStateAdjoint` whose linear solve uses the spec's adjoint tolerances.
+Keyword arguments forwarded by the DEQ layer to `solve`: tolerances, the termination norm
+([`BatchMax`](@ref) of the spec's per-sample norm), and a `SteadyStateAdjoint` whose linear
+solve uses the spec's adjoint tolerances.
+
+The adjoint's linear solver is named (Krylov.jl's GMRES): left unset, SciMLSensitivity builds
+a dense Jacobian for states of at most 50 entries (the whole `(state..., batch)` array) and
+solves it with LinearSolve's default direct method, which ignores `linsolve_kwargs`. Named,
+the matrix-free operator is used at every size, so the tolerances always apply.
 """
 function solve_kwargs(spec)
     adj = spec["adjoint"]
@@ -103,15 +129,30 @@ function solve_kwargs(spec)
         abstol = Float64(adj["abstol"]), reltol = Float64(adj["reltol"]),
         maxiters = Int(adj["maxiters"]),
     )
-    return (;
+    kw = (;
         abstol = Float64(spec["abstol"]), reltol = Float64(spec["reltol"]),
         maxiters = Int(spec["maxiters"]),
-        termination_condition = NormTerminationMode(batch_max_norm),
-        sensealg = SteadyStateAdjoint(; autojacvec = ZygoteVJP(), linsolve_kwargs),
+        termination_condition = NormTerminationMode(BatchMax(sample_norm(spec))),
+        sensealg = SteadyStateAdjoint(;
+            autojacvec = ZygoteVJP(),
+            linsolve = KrylovJL_GMRES(),
+            linsolve_kwargs,
+        ),
     )
+    integration = get(spec, "integration", nothing)
+    integration === nothing && return kw
+    # a continuous DEQ integrates at its method's tolerances: `DynamicSS` passes `odesolve_kwargs`
+    # to the ODE solve after (so in place of) the termination tolerances
+    odesolve_kwargs = (;
+        abstol = Float64(integration["abstol"]), reltol = Float64(integration["reltol"]),
+    )
+    return (; kw..., odesolve_kwargs)
 end
 
 solver(d) = lookup(SOLVERS, d["name"], "solver")()
+
+# the per-sample norm of the termination test; specs written before pydeq had norms used "l2"
+sample_norm(spec) = lookup(NORMS, get(spec, "norm", "l2"), "norm")
 
 function plain_deq(spec, f, fslots, alg, kw)
     return DeepEquilibriumNetwork(f, alg; kw...), (; model = fslots, init = NamedTuple())

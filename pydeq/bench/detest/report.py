@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .detest import BATCH_METHODS, BATCH_TARGET, CLASSES, PEER, TARGETS, at_error
-from .detest_problems import PROBLEMS
+from . import BATCH_METHODS, BATCH_TARGET, CLASSES, PEER, TARGETS, at_error
+from .problems import PROBLEMS
 
 __all__ = ["class_ratios", "tables", "plot_classes"]
 

@@ -3,7 +3,7 @@
     python -m pydeq.bench.detest --out detest-results            # every problem, ~10 minutes on 2 cores
     python -m pydeq.bench.detest --quick --only A3 B1            # a smoke run
 
-Every method solves every problem (``pydeq.bench.detest_problems``) at tolerances ``rtol = atol = 1e-3 … 1e-10``
+Every method solves every problem (``pydeq.bench.detest.problems``) at tolerances ``rtol = atol = 1e-3 … 1e-10``
 (the third-order methods down to 1e-7), side by side in one run, float64, one thread. The error is the largest
 ``|y - y_ref| / max(1, |y_ref|)`` over 10 output times and every component, ``y_ref`` scipy's DOP853 at 1e-13.
 NFE counts every call of the field (pydeq ``Solution.nfe``; torchdiffeq through a counting wrapper; scipy
@@ -20,12 +20,9 @@ Writes ``results.json``, ``detest.md`` (the tables) and ``detest_<class>.png`` (
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,9 +30,9 @@ import torch
 
 import pydeq
 
-from .detest_problems import CLASSES, PROBLEMS, Problem
+from .problems import CLASSES, PROBLEMS, Problem
 
-__all__ = ["METHODS", "PEER", "TARGETS", "BATCH_TARGET", "BATCH_METHODS", "CLASSES", "at_error", "run", "main"]
+__all__ = ["METHODS", "PEER", "TARGETS", "BATCH_TARGET", "BATCH_METHODS", "CLASSES", "at_error", "run"]
 
 D = torch.float64
 TOLS = [10.0**-k for k in range(3, 11)]
@@ -169,31 +166,3 @@ def run(*, only: list[str] | None = None, quick: bool = False, batch: int = 256,
                                              tols=TOLS)
         log(f"{p.name} batch {batch}: done")
     return record
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m pydeq.bench.detest", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("detest-results"))
-    parser.add_argument("--only", nargs="+", metavar="PROBLEM", default=None, help="e.g. A3 B1 (default: all)")
-    parser.add_argument("--quick", action="store_true", help="a few tolerances, one repeat, no batched runs")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    known = {p.name for p in PROBLEMS}
-    if args.only and not set(args.only) <= known:
-        parser.error(f"unknown problem(s) {sorted(set(args.only) - known)}; choose from {sorted(known)}")
-    from .detest_report import plot_classes, tables
-
-    record = run(only=args.only, quick=args.quick, batch=args.batch, repeats=args.repeats, seed=args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(record, indent=1))
-    text = tables(record)
-    (args.out / "detest.md").write_text(text)
-    plot_classes(record, args.out)
-    print(text)
-    return record
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,154 @@
+"""One step of each steady-state method on ``du/dt = f(u) - u``, per sample: what :class:`SteadyState` runs.
+
+Every step ends with ``f`` at the new point, which gives both the next first stage (``f(u) - u``) and the
+residual that the driver tests and that the residual guard compares with the last one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._norms import Norm
+from .integrate import error_ratio, rk_step
+from .residual_euler import ResidualEuler
+from .solvers import AbstractODESolver
+from .vcab3 import VCAB3, ab_weights
+
+__all__ = ["SteadyStateState", "steady_init", "steady_step", "GUARD_SHRINK"]
+
+GUARD_SHRINK = 0.7  # largest step factor after a step that made the residual grow
+
+
+@dataclass
+class AdamsHistory:
+    """VCAB3's past derivatives ``F_{n-1}, F_{n-2}`` and steps ``h_1, h_2``; ``known`` counts them per sample."""
+
+    f1: Tensor
+    f2: Tensor
+    h1: Tensor
+    h2: Tensor
+    known: Tensor
+
+
+@dataclass
+class SteadyStateState:
+    """Per-sample ODE clock on top of the root-finder state (all ``(batch,)`` except z, fz and the history)."""
+
+    z: Tensor
+    fz: Tensor
+    res: Tensor
+    t: Tensor
+    dt: Tensor
+    rejected: Tensor
+    prev_ratio: Tensor
+    history: AdamsHistory | None = None
+
+
+class _Relaxation:
+    """``F(t, u) = f(u) − u``; remembers the last ``f(u)`` so the FSAL stage also gives ``fz``."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]):
+        self.fn, self.last_fu = fn, None
+
+    def __call__(self, t: Tensor, u: Tensor) -> Tensor:
+        self.last_fu = self.fn(u)
+        return self.last_fu - u
+
+
+def _per_sample(v: Tensor, like: Tensor) -> Tensor:
+    return v.reshape(v.shape + (1,) * (like.dim() - 1))
+
+
+def steady_init(method: AbstractODESolver | ResidualEuler, norm: Norm, fn: Callable[[Tensor], Tensor],
+                z0: Tensor) -> SteadyStateState:
+    """The state at ``t = 0``: one call of f, the first step size, an empty history."""
+    fz = fn(z0)
+    t = torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)
+    if isinstance(method, ResidualEuler):
+        dt = method.dt0
+    elif not method.adaptive:
+        dt = method.dt
+    else:  # the relaxation's -u decays at rate 1: a unit first step unless the method says otherwise
+        dt = 1.0 if method.dt0 is None else method.dt0
+    history = None
+    if isinstance(method, VCAB3):
+        zero = torch.zeros_like(z0)
+        history = AdamsHistory(f1=zero, f2=zero, h1=torch.ones_like(t), h2=torch.ones_like(t),
+                               known=torch.zeros(t.shape, dtype=torch.int64, device=t.device))
+    return SteadyStateState(z=z0, fz=fz, res=norm(fz - z0), t=t, dt=torch.full_like(t, dt),
+                            rejected=torch.zeros(t.shape, dtype=torch.int64, device=t.device),
+                            prev_ratio=torch.ones_like(t), history=history)
+
+
+def steady_step(method: AbstractODESolver | ResidualEuler, norm: Norm, fn: Callable[[Tensor], Tensor],
+                state: SteadyStateState, active: Tensor) -> SteadyStateState:
+    """One attempted step of ``method`` for the samples in ``active``; the others keep every field."""
+    h = torch.where(active, state.dt, torch.zeros_like(state.dt))
+    if isinstance(method, ResidualEuler):
+        return _residual_euler_step(method, norm, fn, state, active, h)
+    if isinstance(method, VCAB3):
+        z_new, err = _adams_proposal(state, h)
+        fz_new = fn(z_new)
+    else:
+        field = _Relaxation(fn)
+        # k1 = f(z) − z is known already: no call for the first stage, FSAL or not
+        z_new, err, _ = rk_step(method.tableau, field, state.t, state.z, h, state.fz - state.z)
+        fz_new = field.last_fu if method.tableau.fsal else fn(z_new)
+    res_new = norm(fz_new - z_new)
+    if not method.adaptive:
+        return SteadyStateState(z=z_new, fz=fz_new, res=res_new, t=state.t + h, dt=state.dt,
+                                rejected=state.rejected, prev_ratio=state.prev_ratio)
+    ratio = error_ratio(err.detach(), state.z.detach(), z_new.detach(), method.rtol, method.atol, norm=norm)
+    grew = active & ~(res_new <= state.res)  # NaN counts as growth
+    accept = active & (ratio <= 1) & ~grew
+    factor = method.controller.factor(ratio, state.prev_ratio, _error_order(method), accept)
+    factor = torch.where(grew, factor.clamp_max(GUARD_SHRINK), factor)
+    return _accepted(state, accept, z_new, fz_new, res_new, h, torch.where(active, h * factor, state.dt),
+                     prev_ratio=torch.where(accept, ratio, state.prev_ratio), active=active)
+
+
+def _error_order(method: AbstractODESolver) -> int:
+    return method.error_order if isinstance(method, VCAB3) else method.tableau.error_order
+
+
+def _residual_euler_step(method: ResidualEuler, norm: Norm, fn: Callable[[Tensor], Tensor],
+                         state: SteadyStateState, active: Tensor, h: Tensor) -> SteadyStateState:
+    z_new = torch.addcmul(state.z, _per_sample(h, state.z), state.fz - state.z)
+    fz_new = fn(z_new)
+    res_new = norm(fz_new - z_new)
+    accept = active & (res_new <= state.res)  # NaN is rejected
+    dt = torch.where(accept, (h * method.grow).clamp_max(method.dt_max), h * method.shrink)
+    return _accepted(state, accept, z_new, fz_new, res_new, h, torch.where(active, dt, state.dt),
+                     prev_ratio=state.prev_ratio, active=active)
+
+
+def _adams_proposal(state: SteadyStateState, h: Tensor) -> tuple[Tensor, Tensor]:
+    """VCAB3's ``u + sum_j beta_j F_{n-j}`` and its error estimate, from the history."""
+    past = state.history
+    f0 = state.fz - state.z
+    b0, b1, b2, e = ab_weights(h, past.h1, past.h2, past.known)
+    terms = torch.stack([f0, past.f1, past.f2], dim=1).reshape(f0.shape[0], 3, -1)
+    z_new = state.z + (torch.stack([b0, b1, b2], dim=1).unsqueeze(1) @ terms).reshape(f0.shape)
+    err = (e.unsqueeze(1) @ terms).reshape(f0.shape)
+    return z_new, err
+
+
+def _accepted(state: SteadyStateState, accept: Tensor, z_new: Tensor, fz_new: Tensor, res_new: Tensor, h: Tensor,
+              dt: Tensor, *, prev_ratio: Tensor, active: Tensor) -> SteadyStateState:
+    """The state after a step: accepted samples move to ``z_new``, the others stay; the history shifts."""
+    mask = _per_sample(accept, state.z)
+    history = state.history
+    if history is not None:  # VCAB3: the derivative at the old point becomes F_{n-1}
+        f0 = state.fz - state.z
+        history = AdamsHistory(f1=torch.where(mask, f0, history.f1), f2=torch.where(mask, history.f1, history.f2),
+                               h1=torch.where(accept, h, history.h1), h2=torch.where(accept, history.h1, history.h2),
+                               known=torch.where(accept, (history.known + 1).clamp_max(2), history.known))
+    return SteadyStateState(
+        z=torch.where(mask, z_new, state.z), fz=torch.where(mask, fz_new, state.fz),
+        res=torch.where(accept, res_new, state.res), t=torch.where(accept, state.t + h, state.t), dt=dt,
+        rejected=state.rejected + (active & ~accept).long(), prev_ratio=prev_ratio, history=history,
+    )

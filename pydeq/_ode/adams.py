@@ -1,0 +1,96 @@
+"""The driver loop of the multistep method VCAB3 for :func:`pydeq.odeint`: per-sample clocks, one f call a step.
+
+Each sample keeps its own time ``s``, step ``dt``, error ratio and its last two accepted derivatives and steps
+(:class:`~pydeq._ode.vcab3.VCAB3` needs them for its weights). A step is cut so that it lands exactly on the
+sample's next output time (a multistep method has no free interpolant between its steps), so the trajectory is
+the method's own solution at every output time. Step decisions are made on detached values: back-propagating
+through the loop (``DirectAdjoint``) differentiates the discrete scheme on the step sequence taken.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._batched import freeze
+from .._solution import Status
+from .integrate import ODERun, _Counted, _finite
+from .step import error_ratio, initial_dt, per_sample
+from .vcab3 import VCAB3, ab_weights
+
+__all__ = ["adams_forward"]
+
+
+def _next_stop(stops: Tensor, k: Tensor) -> Tensor:
+    """``(batch,)`` each sample's next output time ``stops[b, k_b]`` (the last one once all are passed)."""
+    return stops.gather(1, k.clamp_max(stops.shape[1] - 1)[:, None]).squeeze(1)
+
+
+def _record(ys: Tensor | None, k: Tensor, here: Tensor, u: Tensor) -> tuple[Tensor | None, Tensor]:
+    """Write ``u`` into output slot ``k`` of the samples in ``here`` (out of place, so autograd keeps it) and move
+    those samples on to their next output time."""
+    if ys is None:
+        return ys, k + here.long()
+    slot = (torch.arange(ys.shape[1], device=k.device)[None] == k[:, None]) & here[:, None]
+    return torch.where(slot.reshape(slot.shape + (1,) * (u.dim() - 1)), u[:, None], ys), k + here.long()
+
+
+def adams_forward(solver: VCAB3, fn, u0: Tensor, stops: Tensor, *, max_steps: int,
+                  outputs: bool) -> tuple[ODERun, Tensor | None]:
+    """Integrate ``du/ds = fn(s, u)`` along each row of ``stops: (batch, n)`` (increasing; ``stops[:, 0]`` the
+    start) with VCAB3; returns the run and, when ``outputs``, ``ys: (batch, n, *state)`` at the stops."""
+    counted = _Counted(fn)
+    batch, device, dtype = u0.shape[0], u0.device, u0.dtype
+    s0, s1 = stops[:, 0], stops[:, -1]
+    eps = torch.finfo(dtype).eps
+    scale = torch.maximum(s0.abs(), _finite(s1).abs())
+    slack, floor = 64 * eps * scale, 16 * eps * torch.maximum(scale, _finite(s1 - s0))
+    s, u = s0.clone(), u0
+    f0 = counted(s, u)
+    if solver.dt0 is not None:
+        dt = torch.full_like(s, solver.dt0)
+    else:
+        dt = initial_dt(counted, s, u.detach(), f0.detach(), VCAB3.error_order, solver.rtol, solver.atol,
+                        norm=solver.norm)
+    dt = torch.minimum(dt.clamp(solver.dtmin, solver.dtmax), s1 - s0)
+    zero = torch.zeros_like(u0)
+    f1, f2, h1, h2 = zero, zero, torch.ones_like(s), torch.ones_like(s)
+    known = torch.zeros(batch, dtype=torch.int64, device=device)
+    ys = u0.new_zeros((batch, stops.shape[1], *u0.shape[1:])) if outputs else None
+    k = torch.ones(batch, dtype=torch.int64, device=device)
+    ys, _ = _record(ys, torch.zeros_like(k), torch.ones_like(s, dtype=torch.bool), u0)
+    prev_ratio = torch.ones_like(s)
+    active = s1 > s0
+    status = torch.where(active, int(Status.MAX_STEPS), int(Status.SUCCESS)).to(torch.int64)
+    accepted, rejected = torch.zeros_like(k), torch.zeros_like(k)
+    for _ in range(max_steps):
+        if not bool(active.any()):
+            break
+        target = _next_stop(stops, k)
+        last = dt >= (target - s) - slack
+        h = torch.where(active, torch.where(last, target - s, dt), torch.zeros_like(dt))
+        b0, b1, b2, e = ab_weights(h, h1, h2, known)
+        u_new = u + per_sample(b0, u) * f0 + per_sample(b1, u) * f1 + per_sample(b2, u) * f2
+        err = per_sample(e[:, 0], u) * f0 + per_sample(e[:, 1], u) * f1 + per_sample(e[:, 2], u) * f2
+        ratio = error_ratio(err.detach(), u.detach(), u_new.detach(), solver.rtol, solver.atol, norm=solver.norm)
+        accept = active & (ratio <= 1) & torch.isfinite(u_new.detach().reshape(batch, -1)).all(dim=1)
+        s_new = torch.where(last, target, s + h)
+        f_new = counted(s_new, u_new)  # the one call of the step: the next step's F_n
+        factor = solver.controller.factor(ratio, prev_ratio, VCAB3.error_order, accept)
+        dt = torch.where(active, (h * factor).clamp(solver.dtmin, solver.dtmax), dt)
+        f2, f1 = freeze(accept, f1, f2), freeze(accept, f0, f1)
+        h2, h1 = torch.where(accept, h1, h2), torch.where(accept, h, h1)
+        known = torch.where(accept, (known + 1).clamp_max(2), known)
+        s, u, f0 = torch.where(accept, s_new, s), freeze(accept, u_new, u), freeze(accept, f_new, f0)
+        prev_ratio = torch.where(accept, ratio, prev_ratio)
+        landed = accept & last
+        ys, k = _record(ys, k, landed, u)
+        accepted += accept.long()
+        rejected += (active & ~accept).long()
+        finished = landed & (k >= stops.shape[1])
+        blown = active & ~accept & (dt <= floor)
+        status = torch.where(finished, int(Status.SUCCESS), status)
+        status = torch.where(blown, int(Status.NONFINITE), status)
+        active = active & ~finished & ~blown
+    run = ODERun(u=u, t=s, status=status, accepted=accepted, rejected=rejected, nfe=counted.calls)
+    return run, ys

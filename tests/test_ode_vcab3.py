@@ -1,0 +1,91 @@
+"""VCAB3 in odeint and NeuralODE: accuracy at output times, measured order, gradients, what it refuses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import pydeq
+
+D = torch.float64
+A = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]], dtype=D)
+
+
+def _field(t, u):
+    return u @ A.T
+
+
+def _exact(u0, t, t0=0.0):
+    return u0 @ torch.matrix_exp(A * (t - t0)).T
+
+
+def _u0():
+    return torch.tensor([[1.0, 0.0], [0.5, 0.3], [-0.2, 0.7]], dtype=D)
+
+
+@pytest.mark.parametrize("times", [torch.linspace(0, 2, 10, dtype=D), torch.linspace(2, 0, 10, dtype=D)],
+                         ids=["forward", "reversed"])
+def test_output_times_match_the_closed_form(times):
+    u0 = _u0()
+    sol = pydeq.odeint(_field, u0, times, solver=pydeq.VCAB3(rtol=1e-8, atol=1e-8))
+    assert sol.success and sol.z.shape == (3, 10, 2)
+    for i, t in enumerate(times.tolist()):
+        torch.testing.assert_close(sol.z[:, i], _exact(u0, t, float(times[0])), rtol=0, atol=2e-6)
+
+
+def test_float32_end_point():
+    u0 = _u0().float()
+    sol = pydeq.odeint(lambda t, u: u @ A.T.float(), u0, (0.0, 2.0), solver=pydeq.VCAB3(rtol=1e-5, atol=1e-5))
+    assert sol.z.dtype == torch.float32
+    torch.testing.assert_close(sol.z.double(), _exact(_u0(), 2.0), rtol=0, atol=1e-3)
+
+
+def test_measured_order_is_three():
+    """Global error against the mean accepted step over tolerances 1e-4 to 1e-7: slope ~3 (order 3)."""
+    u0 = _u0()
+    errs, steps = [], []
+    for tol in (1e-4, 1e-5, 1e-6, 1e-7):
+        sol = pydeq.odeint(_field, u0, (0.0, 2.0), solver=pydeq.VCAB3(rtol=tol, atol=tol))
+        errs.append(float((sol.z - _exact(u0, 2.0)).abs().max()))
+        steps.append(2.0 / float(sol.extras["accepted"].double().mean()))
+    slope = (math.log(errs[0]) - math.log(errs[-1])) / (math.log(steps[0]) - math.log(steps[-1]))
+    assert 2.5 < slope < 3.5, (slope, errs, steps)
+
+
+def test_one_call_of_f_per_step():
+    sol = pydeq.odeint(_field, _u0(), (0.0, 2.0), solver=pydeq.VCAB3(rtol=1e-6, atol=1e-6, dt0=0.01))
+    attempted = int((sol.extras["accepted"] + sol.extras["rejected"]).max())
+    assert sol.nfe == attempted + 1  # the first derivative, then one call per attempted step
+
+
+def test_gradient_matches_the_closed_form_and_per_sample_times_match_alone():
+    u0 = _u0().requires_grad_()
+    sol = pydeq.odeint(_field, u0, (0.0, 2.0), solver=pydeq.VCAB3(rtol=1e-10, atol=1e-10))
+    (g,) = torch.autograd.grad(sol.z.sum(), u0)
+    torch.testing.assert_close(g, torch.ones(3, 2, dtype=D) @ torch.matrix_exp(A * 2.0), rtol=1e-6, atol=1e-7)
+    times = torch.stack([torch.linspace(0, 1 + i, 5, dtype=D) for i in range(3)])
+    both = pydeq.odeint(_field, _u0(), times, solver=pydeq.VCAB3(rtol=1e-7, atol=1e-7)).z
+    for i in range(3):
+        alone = pydeq.odeint(_field, _u0()[i:i + 1], times[i], solver=pydeq.VCAB3(rtol=1e-7, atol=1e-7)).z
+        torch.testing.assert_close(both[i:i + 1], alone, rtol=0, atol=1e-13)
+
+
+def test_neural_ode_layer_takes_vcab3():
+    f = pydeq.DEQVectorField(lambda u, x: torch.tanh(u + x))
+    layer = pydeq.NeuralODE(f, solver=pydeq.VCAB3(), state_shape=(4,))
+    x = torch.randn(5, 4, dtype=D, requires_grad=True)
+    z = layer(x)
+    z.sum().backward()
+    assert z.shape == (5, 4) and layer.last_solution.success and x.grad is not None
+
+
+@pytest.mark.parametrize("adjoint", [pydeq.BacksolveAdjoint(), pydeq.CheckpointAdjoint()])
+def test_vcab3_refuses_what_its_loop_does_not_do(adjoint):
+    with pytest.raises(TypeError, match=rf"VCAB3 \(a multistep method\) is differentiated by DirectAdjoint\(\) "
+                                        rf"only; got {type(adjoint).__name__}"):
+        pydeq.odeint(_field, _u0(), (0.0, 1.0), solver=pydeq.VCAB3(), adjoint=adjoint)
+    event = pydeq.Event(fn=lambda t, u: u[:, 0])
+    with pytest.raises(TypeError, match=r"VCAB3 \(a multistep method\) has no event location"):
+        pydeq.odeint(_field, _u0(), (0.0, 1.0), solver=pydeq.VCAB3(), event=event)
