@@ -102,7 +102,19 @@ class CountedFn:
 
 
 class AbstractRootFinder(abc.ABC):
-    """Base of every solver that :func:`pydeq.fixed_point` accepts (root finders and steady-state ODEs)."""
+    """Base of every solver that :func:`pydeq.fixed_point` accepts (root finders and steady-state ODEs).
+
+    The fields every solver has:
+
+    * ``rtol``, ``atol``: a sample stops when ``norm(f(z) - z) <= atol + rtol * norm(f(z))``; ``rtol = 0`` is an
+      absolute test, ``atol = 0`` a relative one (DeepEquilibriumNetworks.jl's ``rel_norm``).
+    * ``norm``: the per-sample norm ``(batch, *state) -> (batch,)`` of that test: ``pydeq.rms_norm`` (default; a
+      tolerance means the same at any state size), ``pydeq.max_norm`` (every entry) or ``pydeq.l2_norm`` (the
+      whole vector, growing like the square root of the state size).
+    * ``stagnation``: a :class:`Stagnation` rule that stops a sample whose best residual stopped falling (status
+      ``STAGNATED``, best iterate returned); ``None`` runs to ``max_steps``.
+    * ``max_steps``: iterations allowed per sample.
+    """
 
     rtol: float
     atol: float

@@ -19,12 +19,9 @@ class FixedPointIteration(AbstractRootFinder):
     """``z <- (1 - damping) z + damping f(z)``; converges linearly when f is a contraction.
 
     Args:
-        rtol, atol: a sample stops when ``norm(f(z) - z) <= atol + rtol * norm(f(z))``; ``rtol = 0`` is an
-            absolute test, ``atol = 0`` a relative one (DeepEquilibriumNetworks.jl's ``rel_norm``).
-        norm: per-sample norm ``(batch, *state) -> (batch,)``: ``pydeq.rms_norm`` (default; a tolerance means
-            the same at any state size), ``pydeq.max_norm`` or ``pydeq.l2_norm``.
-        stagnation: a :class:`pydeq.Stagnation` rule stopping a sample whose residual stopped falling
-            (status ``STAGNATED``, best iterate returned); ``None`` runs to ``max_steps``.
+        rtol, atol, norm: a sample stops when ``norm(f(z) - z) <= atol + rtol * norm(f(z))``, ``norm`` per sample,
+            default ``pydeq.rms_norm`` (modes and norms: :class:`~pydeq.AbstractRootFinder`).
+        stagnation: a :class:`pydeq.Stagnation` rule (status ``STAGNATED``, best iterate) or ``None``.
         max_steps: iterations allowed.
         damping: in (0, 1]; 1 is plain Picard iteration.
     """

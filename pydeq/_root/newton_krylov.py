@@ -24,12 +24,9 @@ class NewtonKrylov(AbstractRootFinder):
     ``Solution.nfe`` counts the Krylov matvecs too. Converges quadratically near a regular root.
 
     Args:
-        rtol, atol: a sample stops when ``norm(f(z) - z) <= atol + rtol * norm(f(z))``; ``rtol = 0`` is an
-            absolute test, ``atol = 0`` a relative one (DeepEquilibriumNetworks.jl's ``rel_norm``).
-        norm: per-sample norm ``(batch, *state) -> (batch,)``: ``pydeq.rms_norm`` (default; a tolerance means
-            the same at any state size), ``pydeq.max_norm`` or ``pydeq.l2_norm``.
-        stagnation: a :class:`pydeq.Stagnation` rule stopping a sample whose residual stopped falling
-            (status ``STAGNATED``, best iterate returned); ``None`` runs to ``max_steps``.
+        rtol, atol, norm: a sample stops when ``norm(f(z) - z) <= atol + rtol * norm(f(z))``, ``norm`` per sample,
+            default ``pydeq.rms_norm`` (modes and norms: :class:`~pydeq.AbstractRootFinder`).
+        stagnation: a :class:`pydeq.Stagnation` rule (status ``STAGNATED``, best iterate) or ``None``.
         max_steps: Newton iterations allowed.
         linear_solver: solver for the Newton system (``GMRES`` by default, relative tolerance 1e-4).
         line_search: backtrack per sample when the residual grows.
