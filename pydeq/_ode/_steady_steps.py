@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from .._norms import Norm
-from .integrate import error_ratio, rk_step
 from .residual_euler import ResidualEuler
 from .solvers import AbstractODESolver
+from .step import attempt_step, error_ratio
 from .vcab3 import VCAB3, ab_weights
 
 __all__ = ["SteadyStateState", "steady_init", "steady_step", "GUARD_SHRINK"]
@@ -91,28 +91,37 @@ def steady_step(method: AbstractODESolver | ResidualEuler, norm: Norm, fn: Calla
     if isinstance(method, ResidualEuler):
         return _residual_euler_step(method, norm, fn, state, active, h)
     if isinstance(method, VCAB3):
-        z_new, err = _adams_proposal(state, h)
-        fz_new = fn(z_new)
-    else:
-        field = _Relaxation(fn)
-        # k1 = f(z) − z is known already: no call for the first stage, FSAL or not
-        z_new, err, _ = rk_step(method.tableau, field, state.t, state.z, h, state.fz - state.z)
-        fz_new = field.last_fu if method.tableau.fsal else fn(z_new)
+        return _adams_step(method, norm, fn, state, active, h)
+    field = _Relaxation(fn)
+    # k1 = f(z) − z is known already: no call for the first stage, FSAL or not; the step attempt is the one
+    # every integrator shares, with this solver's norm for the error ratio
+    att = attempt_step(method, field, state.t, state.z, h, state.fz - state.z, state.prev_ratio, active, norm=norm)
+    z_new = att.step.u_new
+    fz_new = field.last_fu if method.tableau.fsal else fn(z_new)
     res_new = norm(fz_new - z_new)
     if not method.adaptive:
         return SteadyStateState(z=z_new, fz=fz_new, res=res_new, t=state.t + h, dt=state.dt,
                                 rejected=state.rejected, prev_ratio=state.prev_ratio)
+    grew = active & ~(res_new <= state.res)  # the residual guard; NaN counts as growth
+    accept = att.accept & ~grew
+    dt = torch.where(grew, torch.minimum(att.dt_next, GUARD_SHRINK * h), att.dt_next)
+    return _accepted(state, accept, z_new, fz_new, res_new, h, torch.where(active, dt, state.dt),
+                     prev_ratio=torch.where(accept, att.prev_ratio, state.prev_ratio), active=active)
+
+
+def _adams_step(method: VCAB3, norm: Norm, fn: Callable[[Tensor], Tensor], state: SteadyStateState,
+                active: Tensor, h: Tensor) -> SteadyStateState:
+    z_new, err = _adams_proposal(state, h)
+    fz_new = fn(z_new)
+    res_new = norm(fz_new - z_new)
     ratio = error_ratio(err.detach(), state.z.detach(), z_new.detach(), method.rtol, method.atol, norm=norm)
     grew = active & ~(res_new <= state.res)  # NaN counts as growth
     accept = active & (ratio <= 1) & ~grew
-    factor = method.controller.factor(ratio, state.prev_ratio, _error_order(method), accept)
+    factor = method.controller.factor(ratio, state.prev_ratio, VCAB3.error_order, accept)
     factor = torch.where(grew, factor.clamp_max(GUARD_SHRINK), factor)
-    return _accepted(state, accept, z_new, fz_new, res_new, h, torch.where(active, h * factor, state.dt),
+    dt = (h * factor).clamp(method.dtmin, method.dtmax)
+    return _accepted(state, accept, z_new, fz_new, res_new, h, torch.where(active, dt, state.dt),
                      prev_ratio=torch.where(accept, ratio, state.prev_ratio), active=active)
-
-
-def _error_order(method: AbstractODESolver) -> int:
-    return method.error_order if isinstance(method, VCAB3) else method.tableau.error_order
 
 
 def _residual_euler_step(method: ResidualEuler, norm: Norm, fn: Callable[[Tensor], Tensor],

@@ -154,12 +154,13 @@ class Attempt:
 
 def attempt_step(solver: AbstractODESolver, fn: VectorField, t: Tensor, u: Tensor, h: Tensor, k1: Tensor,
                  prev_ratio: Tensor, active: Tensor, *, rtol: float | None = None,
-                 atol: float | None = None) -> Attempt:
+                 atol: float | None = None, norm: Norm | None = None) -> Attempt:
     """Try one step of size ``h: (batch,)`` from ``(t, u)``; accept, reject and pick the next step per sample.
 
     The error ratio is ``solver.norm`` of ``err / (atol + rtol * max(|u|, |u_new|))``; a step is accepted when
     it is at most 1. The next step is ``h`` times ``solver.controller.factor(...)``, clipped to
-    ``[solver.dtmin, solver.dtmax]``. ``rtol``/``atol`` override the solver's (``None``: the solver's own).
+    ``[solver.dtmin, solver.dtmax]``. ``rtol``/``atol``/``norm`` override the solver's (``None``: the solver's
+    own); :class:`~pydeq.SteadyState` passes its termination norm, so acceptance and termination agree.
     """
     step = rk_stages(solver.tableau, fn, t, u, h, k1)
     if not solver.adaptive:  # no error estimate: a fixed step is rejected only when it is not finite
@@ -168,7 +169,8 @@ def attempt_step(solver: AbstractODESolver, fn: VectorField, t: Tensor, u: Tenso
                        stuck=torch.zeros_like(active))
     rtol = solver.rtol if rtol is None else rtol
     atol = solver.atol if atol is None else atol
-    ratio = error_ratio(step.err.detach(), u.detach(), step.u_new.detach(), rtol, atol, norm=solver.norm)
+    norm = solver.norm if norm is None else norm
+    ratio = error_ratio(step.err.detach(), u.detach(), step.u_new.detach(), rtol, atol, norm=norm)
     accept = active & (ratio <= 1)
     factor = solver.controller.factor(ratio, prev_ratio, solver.tableau.error_order, accept)
     dt_next = (h * factor).clamp(solver.dtmin, solver.dtmax)
