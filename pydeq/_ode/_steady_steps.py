@@ -15,23 +15,12 @@ from torch import Tensor
 from .._norms import Norm
 from .residual_euler import ResidualEuler
 from .solvers import AbstractODESolver
-from .step import attempt_step, error_ratio
-from .vcab3 import VCAB3, ab_weights
+from .step import attempt_step, error_ratio, per_sample
+from .vcab3 import VCAB3, AdamsHistory, ab_proposal
 
 __all__ = ["SteadyStateState", "steady_init", "steady_step", "GUARD_SHRINK"]
 
 GUARD_SHRINK = 0.7  # largest step factor after a step that made the residual grow
-
-
-@dataclass
-class AdamsHistory:
-    """VCAB3's past derivatives ``F_{n-1}, F_{n-2}`` and steps ``h_1, h_2``; ``known`` counts them per sample."""
-
-    f1: Tensor
-    f2: Tensor
-    h1: Tensor
-    h2: Tensor
-    known: Tensor
 
 
 @dataclass
@@ -59,10 +48,6 @@ class _Relaxation:
         return self.last_fu - u
 
 
-def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape(v.shape + (1,) * (like.dim() - 1))
-
-
 def steady_init(method: AbstractODESolver | ResidualEuler, norm: Norm, fn: Callable[[Tensor], Tensor],
                 z0: Tensor) -> SteadyStateState:
     """The state at ``t = 0``: one call of f, the first step size, an empty history."""
@@ -74,11 +59,7 @@ def steady_init(method: AbstractODESolver | ResidualEuler, norm: Norm, fn: Calla
         dt = method.dt
     else:  # the relaxation's -u decays at rate 1: a unit first step unless the method says otherwise
         dt = 1.0 if method.dt0 is None else method.dt0
-    history = None
-    if isinstance(method, VCAB3):
-        zero = torch.zeros_like(z0)
-        history = AdamsHistory(f1=zero, f2=zero, h1=torch.ones_like(t), h2=torch.ones_like(t),
-                               known=torch.zeros(t.shape, dtype=torch.int64, device=t.device))
+    history = AdamsHistory.empty(z0) if isinstance(method, VCAB3) else None
     return SteadyStateState(z=z0, fz=fz, res=norm(fz - z0), t=t, dt=torch.full_like(t, dt),
                             rejected=torch.zeros(t.shape, dtype=torch.int64, device=t.device),
                             prev_ratio=torch.ones_like(t), history=history)
@@ -111,7 +92,7 @@ def steady_step(method: AbstractODESolver | ResidualEuler, norm: Norm, fn: Calla
 
 def _adams_step(method: VCAB3, norm: Norm, fn: Callable[[Tensor], Tensor], state: SteadyStateState,
                 active: Tensor, h: Tensor) -> SteadyStateState:
-    z_new, err = _adams_proposal(state, h)
+    z_new, err = ab_proposal(state.z, state.fz - state.z, state.history, h)
     fz_new = fn(z_new)
     res_new = norm(fz_new - z_new)
     ratio = error_ratio(err.detach(), state.z.detach(), z_new.detach(), method.rtol, method.atol, norm=norm)
@@ -126,7 +107,7 @@ def _adams_step(method: VCAB3, norm: Norm, fn: Callable[[Tensor], Tensor], state
 
 def _residual_euler_step(method: ResidualEuler, norm: Norm, fn: Callable[[Tensor], Tensor],
                          state: SteadyStateState, active: Tensor, h: Tensor) -> SteadyStateState:
-    z_new = torch.addcmul(state.z, _per_sample(h, state.z), state.fz - state.z)
+    z_new = torch.addcmul(state.z, per_sample(h, state.z), state.fz - state.z)
     fz_new = fn(z_new)
     res_new = norm(fz_new - z_new)
     accept = active & (res_new <= state.res)  # NaN is rejected
@@ -135,27 +116,13 @@ def _residual_euler_step(method: ResidualEuler, norm: Norm, fn: Callable[[Tensor
                      prev_ratio=state.prev_ratio, active=active)
 
 
-def _adams_proposal(state: SteadyStateState, h: Tensor) -> tuple[Tensor, Tensor]:
-    """VCAB3's ``u + sum_j beta_j F_{n-j}`` and its error estimate, from the history."""
-    past = state.history
-    f0 = state.fz - state.z
-    b0, b1, b2, e = ab_weights(h, past.h1, past.h2, past.known)
-    terms = torch.stack([f0, past.f1, past.f2], dim=1).reshape(f0.shape[0], 3, -1)
-    z_new = state.z + (torch.stack([b0, b1, b2], dim=1).unsqueeze(1) @ terms).reshape(f0.shape)
-    err = (e.unsqueeze(1) @ terms).reshape(f0.shape)
-    return z_new, err
-
-
 def _accepted(state: SteadyStateState, accept: Tensor, z_new: Tensor, fz_new: Tensor, res_new: Tensor, h: Tensor,
               dt: Tensor, *, prev_ratio: Tensor, active: Tensor) -> SteadyStateState:
     """The state after a step: accepted samples move to ``z_new``, the others stay; the history shifts."""
-    mask = _per_sample(accept, state.z)
+    mask = per_sample(accept, state.z)
     history = state.history
     if history is not None:  # VCAB3: the derivative at the old point becomes F_{n-1}
-        f0 = state.fz - state.z
-        history = AdamsHistory(f1=torch.where(mask, f0, history.f1), f2=torch.where(mask, history.f1, history.f2),
-                               h1=torch.where(accept, h, history.h1), h2=torch.where(accept, history.h1, history.h2),
-                               known=torch.where(accept, (history.known + 1).clamp_max(2), history.known))
+        history = history.shift(accept, state.fz - state.z, h)
     return SteadyStateState(
         z=torch.where(mask, z_new, state.z), fz=torch.where(mask, fz_new, state.fz),
         res=torch.where(accept, res_new, state.res), t=torch.where(accept, state.t + h, state.t), dt=dt,

@@ -15,8 +15,8 @@ from torch import Tensor
 from .._batched import freeze
 from .._solution import Status
 from .integrate import ODERun, _Counted, _finite
-from .step import error_ratio, initial_dt, per_sample
-from .vcab3 import VCAB3, ab_weights
+from .step import error_ratio, initial_dt
+from .vcab3 import VCAB3, AdamsHistory, ab_proposal
 
 __all__ = ["adams_forward"]
 
@@ -53,9 +53,7 @@ def adams_forward(solver: VCAB3, fn, u0: Tensor, stops: Tensor, *, max_steps: in
         dt = initial_dt(counted, s, u.detach(), f0.detach(), VCAB3.error_order, solver.rtol, solver.atol,
                         norm=solver.norm)
     dt = torch.minimum(dt.clamp(solver.dtmin, solver.dtmax), s1 - s0)
-    zero = torch.zeros_like(u0)
-    f1, f2, h1, h2 = zero, zero, torch.ones_like(s), torch.ones_like(s)
-    known = torch.zeros(batch, dtype=torch.int64, device=device)
+    past = AdamsHistory.empty(u0)
     ys = u0.new_zeros((batch, stops.shape[1], *u0.shape[1:])) if outputs else None
     k = torch.ones(batch, dtype=torch.int64, device=device)
     ys, _ = _record(ys, torch.zeros_like(k), torch.ones_like(s, dtype=torch.bool), u0)
@@ -69,18 +67,14 @@ def adams_forward(solver: VCAB3, fn, u0: Tensor, stops: Tensor, *, max_steps: in
         target = _next_stop(stops, k)
         last = dt >= (target - s) - slack
         h = torch.where(active, torch.where(last, target - s, dt), torch.zeros_like(dt))
-        b0, b1, b2, e = ab_weights(h, h1, h2, known)
-        u_new = u + per_sample(b0, u) * f0 + per_sample(b1, u) * f1 + per_sample(b2, u) * f2
-        err = per_sample(e[:, 0], u) * f0 + per_sample(e[:, 1], u) * f1 + per_sample(e[:, 2], u) * f2
+        u_new, err = ab_proposal(u, f0, past, h)
         ratio = error_ratio(err.detach(), u.detach(), u_new.detach(), solver.rtol, solver.atol, norm=solver.norm)
         accept = active & (ratio <= 1) & torch.isfinite(u_new.detach().reshape(batch, -1)).all(dim=1)
         s_new = torch.where(last, target, s + h)
         f_new = counted(s_new, u_new)  # the one call of the step: the next step's F_n
         factor = solver.controller.factor(ratio, prev_ratio, VCAB3.error_order, accept)
         dt = torch.where(active, (h * factor).clamp(solver.dtmin, solver.dtmax), dt)
-        f2, f1 = freeze(accept, f1, f2), freeze(accept, f0, f1)
-        h2, h1 = torch.where(accept, h1, h2), torch.where(accept, h, h1)
-        known = torch.where(accept, (known + 1).clamp_max(2), known)
+        past = past.shift(accept, f0, h)
         s, u, f0 = torch.where(accept, s_new, s), freeze(accept, u_new, u), freeze(accept, f_new, f0)
         prev_ratio = torch.where(accept, ratio, prev_ratio)
         landed = accept & last

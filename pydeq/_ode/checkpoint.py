@@ -106,8 +106,8 @@ class _Checkpointed(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor | None, ...]:
         box = ctx.box
-        replay = _Replay(box.problem, box.tape, box.stats, box.forward.ys is not None)
         outputs = box.forward.ys is not None
+        replay = _Replay(box.problem, box.tape, box.stats, outputs)
         a = torch.zeros_like(box.forward.run.u) if outputs else grad_z
         n, states = len(box.tape.steps), box.tape.states
         if box.adjoint.recursive:

@@ -9,9 +9,10 @@ import torch
 from torch import Tensor
 
 from .solvers import AbstractAdaptiveRK
+from .step import per_sample
 from .tableau import ButcherTableau
 
-__all__ = ["VCAB3", "ab_weights"]
+__all__ = ["VCAB3", "AdamsHistory", "ab_weights", "ab_proposal"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,3 +82,38 @@ def ab_weights(h: Tensor, h1: Tensor, h2: Tensor, known: Tensor) -> tuple[Tensor
     a1 = torch.where(known >= 2, ab2[1], zero)
     e = torch.stack([b0 - a0, b1 - a1, b2], dim=1) * (known >= 1).to(h.dtype)[:, None]
     return b0, b1, b2, e
+
+
+@dataclass
+class AdamsHistory:
+    """VCAB3's past derivatives ``F_{n-1}, F_{n-2}`` and steps ``h_1, h_2``; ``known`` counts them per sample."""
+
+    f1: Tensor
+    f2: Tensor
+    h1: Tensor
+    h2: Tensor
+    known: Tensor
+
+    @classmethod
+    def empty(cls, u: Tensor) -> AdamsHistory:
+        """No past derivatives yet, for a batch shaped like ``u: (batch, *state)``."""
+        zero, one = torch.zeros_like(u), u.new_ones(u.shape[0])
+        return cls(f1=zero, f2=zero, h1=one, h2=one,
+                   known=torch.zeros(u.shape[0], dtype=torch.int64, device=u.device))
+
+    def shift(self, accept: Tensor, f0: Tensor, h: Tensor) -> AdamsHistory:
+        """After a step of ``h`` from a point with derivative ``f0``: accepted samples push both onto the history."""
+        mask = per_sample(accept, f0)
+        return AdamsHistory(f1=torch.where(mask, f0, self.f1), f2=torch.where(mask, self.f1, self.f2),
+                            h1=torch.where(accept, h, self.h1), h2=torch.where(accept, self.h1, self.h2),
+                            known=torch.where(accept, (self.known + 1).clamp_max(2), self.known))
+
+
+def ab_proposal(u: Tensor, f0: Tensor, past: AdamsHistory, h: Tensor) -> tuple[Tensor, Tensor]:
+    """VCAB3's step ``u + sum_j beta_j F_{n-j}`` from ``u`` with derivative ``f0`` and its error estimate."""
+    b0, b1, b2, e = ab_weights(h, past.h1, past.h2, past.known)
+
+    def combine(c0: Tensor, c1: Tensor, c2: Tensor) -> Tensor:
+        return per_sample(c0, u) * f0 + per_sample(c1, u) * past.f1 + per_sample(c2, u) * past.f2
+
+    return u + combine(b0, b1, b2), combine(e[:, 0], e[:, 1], e[:, 2])
