@@ -3,7 +3,7 @@
 The same cell f(z, x) = tanh(W z + U x) is used three ways:
   * discrete DEQ:    z* = f(z*, x) by Anderson acceleration, implicit gradient;
   * continuous DEQ:  du/dt = f(u, x) − u followed to steady state, implicit gradient: with SteadyState's
-                     default method (ResidualEuler: Euler steps sized by the residual) and with Tsit5;
+                     default method (SecantEuler: Euler steps with secant step sizes) and with Tsit5;
   * neural ODE:      the same flow f(u, x) − u over t ∈ [0, 1] only, back-propagated through the solver.
 It first checks that both DEQs land on the same fixed point with the same gradient, then trains each for a
 few steps and prints accuracy, function evaluations and time. Runs in seconds:  python examples/continuous_deq.py

@@ -35,6 +35,7 @@ from ._ode import (
     Midpoint,
     PIController,
     ResidualEuler,
+    SecantEuler,
     SteadyState,
     Tsit5,
     odeint,
@@ -78,7 +79,7 @@ __all__ = [
     "rms_norm", "max_norm", "l2_norm",
     # root finders and steady state
     "AbstractRootFinder", "FixedPointIteration", "Anderson", "Broyden", "BroydenFactors", "NewtonKrylov", "SteadyState",
-    "ResidualEuler", "Stagnation",
+    "ResidualEuler", "SecantEuler", "Stagnation",
     # ODE integrators
     "AbstractODESolver", "Tsit5", "Dopri5", "BS3", "VCAB3", "Euler", "RK4", "PIController",
     "HeunEuler", "Fehlberg2", "Midpoint", "Heun2", "Heun3", "RK38", "Event", "CheckpointAdjoint",

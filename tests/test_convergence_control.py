@@ -19,6 +19,7 @@ ROOT_FINDERS = {
     "Broyden": lambda **kw: pydeq.Broyden(**kw),
     "NewtonKrylov": lambda **kw: pydeq.NewtonKrylov(**kw),
     "SteadyState": lambda **kw: pydeq.SteadyState(**kw),
+    "SteadyState-ResidualEuler": lambda **kw: pydeq.SteadyState(pydeq.ResidualEuler(), **kw),
     "SteadyState-Tsit5": lambda **kw: pydeq.SteadyState(pydeq.Tsit5(), **kw),
     "SteadyState-VCAB3": lambda **kw: pydeq.SteadyState(pydeq.VCAB3(), **kw),
 }
@@ -84,8 +85,8 @@ def _shifted(z, x):
     return z + x + 0.01 * z * z
 
 
-@pytest.mark.parametrize("name", ["FixedPointIteration", "Anderson", "Broyden", "SteadyState", "SteadyState-Tsit5",
-                                  "SteadyState-VCAB3"])
+@pytest.mark.parametrize("name", ["FixedPointIteration", "Anderson", "Broyden", "SteadyState",
+                                  "SteadyState-ResidualEuler", "SteadyState-Tsit5", "SteadyState-VCAB3"])
 def test_stagnation_is_detected_and_reported_per_sample(name):
     x = torch.zeros(3, 5, dtype=D)
     x[1] = 0.3  # samples 1 and 2 have no fixed point; sample 0 starts at its own
@@ -168,13 +169,14 @@ def test_tight_tolerances_are_reached_by_the_integrator():
     """The issue's ``SteadyState(Tsit5(), rtol=1e-10, atol=1e-10)`` on a contractive 8-entry map stopped at
     residual 7.6e-4 after 100 steps; it now converges."""
     f, x = _tanh_map(8, contraction=0.8)
-    for method in (pydeq.Tsit5(), pydeq.ResidualEuler()):
+    for method in (pydeq.Tsit5(), pydeq.SecantEuler(), pydeq.ResidualEuler()):
         with torch.no_grad():
             sol = pydeq.fixed_point(f, x, solver=pydeq.SteadyState(method, rtol=1e-10, atol=1e-10), on_failure="raise")
             assert float((f(sol.z, x) - sol.z).abs().max()) < 1e-9
 
 
-def test_residual_euler_converges_where_fixed_point_iteration_diverges():
+@pytest.mark.parametrize("method", [pydeq.SecantEuler(), pydeq.ResidualEuler()], ids=["SecantEuler", "ResidualEuler"])
+def test_euler_methods_converge_where_fixed_point_iteration_diverges(method):
     """W = -3 I: plain iteration oscillates and grows (|f'| up to 3), the flow converges (rates 1 to 4)."""
     n = 16
     W = -3.0 * torch.eye(n, dtype=D)
@@ -183,9 +185,59 @@ def test_residual_euler_converges_where_fixed_point_iteration_diverges():
     plain = pydeq.fixed_point(f, x, solver=pydeq.FixedPointIteration(max_steps=200), on_failure="return")
     assert not bool(plain.converged.any())
     with torch.no_grad():
-        sol = pydeq.fixed_point(f, x, solver=pydeq.SteadyState(rtol=1e-8, atol=0.0), on_failure="raise")
+        sol = pydeq.fixed_point(f, x, solver=pydeq.SteadyState(method, rtol=1e-8, atol=0.0), on_failure="raise")
         assert float((f(sol.z, x) - sol.z).abs().max()) < 1e-7
-    assert int(sol.extras["rejected"].sum()) > 0 and bool((sol.extras["dt"] < 1).all())
+    assert bool((sol.extras["dt"] < 1).all())  # both damp: the stable Euler steps here are below 2 / 4
+    if isinstance(method, pydeq.ResidualEuler):
+        assert int(sol.extras["rejected"].sum()) > 0  # it finds the damping by rejecting unit steps
+
+
+def test_secant_euler_takes_the_least_squares_secant_step():
+    """After one accepted unit step on a linear map, the next step is <s, y> / <y, y>, s = r0, y = r0 - r1."""
+    g = torch.Generator().manual_seed(3)
+    A = 0.6 * torch.randn(6, 6, generator=g, dtype=D) / 6**0.5
+    x = torch.randn(4, 6, generator=g, dtype=D)
+    f = lambda z, x: z @ A.T + x  # noqa: E731
+    z0 = torch.zeros_like(x)
+    sol = pydeq.fixed_point(f, x, z0, solver=pydeq.SteadyState(max_steps=1, stagnation=None), on_failure="return")
+    r0 = f(z0, x) - z0
+    z1 = z0 + r0
+    r1 = f(z1, x) - z1
+    assert bool((pydeq.l2_norm(r1) <= pydeq.l2_norm(r0)).all())  # accepted
+    s, y = r0, r0 - r1
+    torch.testing.assert_close(sol.z, z1)
+    torch.testing.assert_close(sol.extras["dt"], (s * y).sum(1) / (y * y).sum(1))
+    capped = pydeq.fixed_point(f, x, z0, solver=pydeq.SteadyState(pydeq.SecantEuler(dt_max=1.0), max_steps=1,
+                                                                    stagnation=None), on_failure="return")
+    torch.testing.assert_close(capped.extras["dt"], ((s * y).sum(1) / (y * y).sum(1)).clamp_max(1.0))
+
+
+def test_secant_euler_beats_fixed_step_growth_where_iteration_is_slow_or_fails():
+    """The grid's slowest map (||W|| = 1.5, width 16, spectral radius 0.91) and a skew map (imaginary spectrum)."""
+    f, x = _issue_map(width=16)
+    S = torch.randn(32, 32, generator=torch.Generator().manual_seed(1))
+    S = 2.0 * (S - S.T) / torch.linalg.matrix_norm(S - S.T, 2)
+    skew, xs = (lambda z, x: torch.tanh(z @ S.T + x)), 0.5 * torch.randn(16, 32)
+    for fn, inp in ((f, x), (skew, xs)):
+        nfe = {}
+        for method in (pydeq.SecantEuler(), pydeq.ResidualEuler()):
+            sol = pydeq.fixed_point(fn, inp, solver=pydeq.SteadyState(method, rtol=1e-4, atol=0.0),
+                                    on_failure="raise")
+            fz = fn(sol.z, inp)
+            assert bool(((fz - sol.z).norm(dim=1) <= 1e-4 * fz.norm(dim=1) * 1.0001).all())  # independent check
+            nfe[type(method).__name__] = sol.nfe
+        assert nfe["SecantEuler"] < 0.8 * nfe["ResidualEuler"], nfe
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(dt0=0.0), r"SecantEuler.dt0 must be a finite number > 0; got 0.0"),
+    (dict(dt_max=float("inf")), r"SecantEuler.dt_max must be a finite number > 0; got inf"),
+    (dict(shrink=0.0), r"SecantEuler.shrink must be in \(0, 1\); got 0.0"),
+    (dict(dt0=20.0), r"SecantEuler.dt0 must not exceed dt_max; got dt0=20.0, dt_max=10.0"),
+])
+def test_bad_secant_euler_settings_are_rejected(bad, match):
+    with pytest.raises(ValueError, match=match):
+        pydeq.SecantEuler(**bad)
 
 
 def test_residual_euler_with_unit_steps_is_fixed_point_iteration():
@@ -209,7 +261,8 @@ def test_bad_residual_euler_settings_are_rejected(bad, exc, match):
 
 
 def test_steady_state_rejects_what_is_not_a_stepping_method():
-    with pytest.raises(TypeError, match=r"SteadyState's method must be an ODE method .*got Anderson, a root finder"):
+    with pytest.raises(TypeError, match=r"SteadyState's method must be an ODE method \(SecantEuler \(the default\), "
+                                        r"ResidualEuler, VCAB3, Tsit5.*got Anderson, a root finder"):
         pydeq.SteadyState(pydeq.Anderson())
 
 

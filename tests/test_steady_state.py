@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import pydeq
-from pydeq._ode import BS3, RK4, VCAB3, Dopri5, Euler, ResidualEuler, Tsit5
+from pydeq._ode import BS3, RK4, VCAB3, Dopri5, Euler, ResidualEuler, SecantEuler, Tsit5
 from pydeq._ode.steady_state import SteadyState
 from pydeq._root._base import solve
 from pydeq._solution import Status
@@ -25,8 +25,8 @@ def linear_deq(batch=5, n=6, seed=0, contraction=0.8):
     return (lambda z: z @ W.T + x @ U.T), x, exact
 
 
-METHODS = [ResidualEuler(), Tsit5(), Dopri5(), BS3(), VCAB3(), RK4(dt=0.5), Euler(dt=0.5)]
-METHOD_IDS = ["ResidualEuler", "Tsit5", "Dopri5", "BS3", "VCAB3", "RK4", "Euler"]
+METHODS = [SecantEuler(), ResidualEuler(), Tsit5(), Dopri5(), BS3(), VCAB3(), RK4(dt=0.5), Euler(dt=0.5)]
+METHOD_IDS = ["SecantEuler", "ResidualEuler", "Tsit5", "Dopri5", "BS3", "VCAB3", "RK4", "Euler"]
 
 
 @pytest.mark.parametrize("method", METHODS, ids=METHOD_IDS)
@@ -41,7 +41,7 @@ def test_linear_fixed_point_matches_linalg_solve(method):
     assert bool((sol.extras["t"] > 0).all())
 
 
-@pytest.mark.parametrize("method", [ResidualEuler(), Tsit5()], ids=["ResidualEuler", "Tsit5"])
+@pytest.mark.parametrize("method", [SecantEuler(), ResidualEuler(), Tsit5()], ids=["SecantEuler", "ResidualEuler", "Tsit5"])
 def test_termination_is_relative_to_f_of_the_state(method):
     fn, x, _ = linear_deq()
     loose = solve(SteadyState(method, rtol=1e-3, atol=0.0), fn, torch.zeros_like(x))
@@ -96,6 +96,7 @@ def test_continuous_and_discrete_deq_agree_in_value_and_gradient():
     for solver in (Anderson(rtol=1e-12, atol=1e-12, max_steps=200),
                    SteadyState(Tsit5(), rtol=1e-11, atol=1e-11, max_steps=2000),
                    SteadyState(rtol=1e-11, atol=1e-11, max_steps=2000),
+                   SteadyState(ResidualEuler(), rtol=1e-11, atol=1e-11, max_steps=2000),
                    SteadyState(VCAB3(), rtol=1e-11, atol=1e-11, max_steps=2000)):
         sol = fp.fixed_point(f, x, torch.zeros(4, 5, dtype=D), solver=solver,
                              adjoint=ImplicitAdjoint(linear_solver=Direct()))
@@ -107,6 +108,22 @@ def test_continuous_and_discrete_deq_agree_in_value_and_gradient():
         torch.testing.assert_close(z_c, z_a, rtol=0, atol=1e-9)
         for a, c in zip(g_a, g_c, strict=True):
             torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
+
+
+def test_backprop_through_secant_euler_steps_matches_the_implicit_gradient():
+    """The secant step sizes are data-dependent but not differentiated (like an error controller's): unrolling
+    the converged steps gives the implicit-function gradient of the fixed point."""
+    fp = _fixed_point_api()
+    f = TanhCell()
+    x = torch.randn(4, 3, dtype=D, requires_grad=True)
+    grads = []
+    for adjoint in (pydeq.ImplicitAdjoint(linear_solver=pydeq.Direct()), pydeq.UnrolledAdjoint()):
+        sol = fp.fixed_point(f, x, torch.zeros(4, 5, dtype=D), solver=SteadyState(rtol=1e-12, atol=0.0),
+                             adjoint=adjoint)
+        assert sol.success
+        grads.append(torch.autograd.grad((sol.z**2).sum(), [x, *f.parameters()]))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
 
 
 def test_deq_layer_with_steady_state_is_a_continuous_deq():

@@ -5,6 +5,7 @@ from .controller import PIController
 from .events import Event
 from .odeint import odeint
 from .residual_euler import ResidualEuler
+from .secant_euler import SecantEuler
 from .solvers import (
     BS3,
     RK4,
@@ -24,6 +25,6 @@ from .vcab3 import VCAB3
 
 __all__ = [
     "AbstractODEAdjoint", "AbstractODESolver", "BS3", "BacksolveAdjoint", "DirectAdjoint", "Dopri5", "Euler",
-    "PIController", "RK4", "ResidualEuler", "SteadyState", "Tsit5", "VCAB3", "odeint",
+    "PIController", "RK4", "ResidualEuler", "SecantEuler", "SteadyState", "Tsit5", "VCAB3", "odeint",
     "CheckpointAdjoint", "Event", "Fehlberg2", "Heun2", "Heun3", "HeunEuler", "Midpoint", "RK38",
 ]

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .._norms import Norm
 from .residual_euler import ResidualEuler
+from .secant_euler import SecantEuler
 from .solvers import AbstractODESolver
 from .step import attempt_step, error_ratio, per_sample
 from .vcab3 import VCAB3, AdamsHistory, ab_proposal
@@ -21,6 +22,7 @@ from .vcab3 import VCAB3, AdamsHistory, ab_proposal
 __all__ = ["SteadyStateState", "steady_init", "steady_step", "GUARD_SHRINK"]
 
 GUARD_SHRINK = 0.7  # largest step factor after a step that made the residual grow
+EulerMethod = ResidualEuler | SecantEuler  # Euler steps sized by the residual alone
 
 
 @dataclass
@@ -48,12 +50,12 @@ class _Relaxation:
         return self.last_fu - u
 
 
-def steady_init(method: AbstractODESolver | ResidualEuler, norm: Norm, fn: Callable[[Tensor], Tensor],
+def steady_init(method: AbstractODESolver | EulerMethod, norm: Norm, fn: Callable[[Tensor], Tensor],
                 z0: Tensor) -> SteadyStateState:
     """The state at ``t = 0``: one call of f, the first step size, an empty history."""
     fz = fn(z0)
     t = torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)
-    if isinstance(method, ResidualEuler):
+    if isinstance(method, EulerMethod):
         dt = method.dt0
     elif not method.adaptive:
         dt = method.dt
@@ -65,12 +67,12 @@ def steady_init(method: AbstractODESolver | ResidualEuler, norm: Norm, fn: Calla
                             prev_ratio=torch.ones_like(t), history=history)
 
 
-def steady_step(method: AbstractODESolver | ResidualEuler, norm: Norm, fn: Callable[[Tensor], Tensor],
+def steady_step(method: AbstractODESolver | EulerMethod, norm: Norm, fn: Callable[[Tensor], Tensor],
                 state: SteadyStateState, active: Tensor) -> SteadyStateState:
     """One attempted step of ``method`` for the samples in ``active``; the others keep every field."""
     h = torch.where(active, state.dt, torch.zeros_like(state.dt))
-    if isinstance(method, ResidualEuler):
-        return _residual_euler_step(method, norm, fn, state, active, h)
+    if isinstance(method, EulerMethod):
+        return _euler_step(method, norm, fn, state, active, h)
     if isinstance(method, VCAB3):
         return _adams_step(method, norm, fn, state, active, h)
     field = _Relaxation(fn)
@@ -105,15 +107,31 @@ def _adams_step(method: VCAB3, norm: Norm, fn: Callable[[Tensor], Tensor], state
                      prev_ratio=torch.where(accept, ratio, state.prev_ratio), active=active)
 
 
-def _residual_euler_step(method: ResidualEuler, norm: Norm, fn: Callable[[Tensor], Tensor],
-                         state: SteadyStateState, active: Tensor, h: Tensor) -> SteadyStateState:
-    z_new = torch.addcmul(state.z, per_sample(h, state.z), state.fz - state.z)
+def _euler_step(method: EulerMethod, norm: Norm, fn: Callable[[Tensor], Tensor], state: SteadyStateState,
+                active: Tensor, h: Tensor) -> SteadyStateState:
+    r = state.fz - state.z
+    z_new = torch.addcmul(state.z, per_sample(h, state.z), r)
     fz_new = fn(z_new)
-    res_new = norm(fz_new - z_new)
+    r_new = fz_new - z_new
+    res_new = norm(r_new)
     accept = active & (res_new <= state.res)  # NaN is rejected
-    dt = torch.where(accept, (h * method.grow).clamp_max(method.dt_max), h * method.shrink)
+    if isinstance(method, SecantEuler):
+        grown = _secant_step(h, r.detach(), r_new.detach(), method.dt_max)
+    else:
+        grown = (h * method.grow).clamp_max(method.dt_max)
+    dt = torch.where(accept, grown, h * method.shrink)
     return _accepted(state, accept, z_new, fz_new, res_new, h, torch.where(active, dt, state.dt),
                      prev_ratio=state.prev_ratio, active=active)
+
+
+def _secant_step(h: Tensor, r: Tensor, r_new: Tensor, dt_max: float) -> Tensor:
+    """``<s, y> / <y, y>`` with ``s = h r``, ``y = r - r_new``, per sample, in (0, dt_max]; ``h`` where undefined."""
+    y = (r - r_new).flatten(1)
+    sy = h * (r.flatten(1) * y).sum(1)
+    yy = (y * y).sum(1)
+    secant = sy / yy
+    usable = (sy > 0) & torch.isfinite(secant)  # an accepted step in the rms or l2 norm has <s, y> >= 0
+    return torch.where(usable, secant, h).clamp_max(dt_max)
 
 
 def _accepted(state: SteadyStateState, accept: Tensor, z_new: Tensor, fz_new: Tensor, res_new: Tensor, h: Tensor,

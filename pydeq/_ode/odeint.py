@@ -84,7 +84,7 @@ def odeint(
     return solution
 
 
-def check_ode_solver(solver: Any, where: str = "solver") -> None:
+def check_ode_solver(solver: Any, where: str = "solver", methods: str = METHODS) -> None:
     """Reject anything that is not an ODE method, pointing root finders to the right place."""
     if isinstance(solver, AbstractODESolver):
         return
@@ -92,11 +92,11 @@ def check_ode_solver(solver: Any, where: str = "solver") -> None:
 
     if isinstance(solver, AbstractRootFinder):
         raise TypeError(
-            f"{where} must be an ODE method ({METHODS}); got {type(solver).__name__}, "
+            f"{where} must be an ODE method ({methods}); got {type(solver).__name__}, "
             "a root finder. Root finders solve z = f(z, x): use pydeq.DEQ / pydeq.fixed_point for that, or "
             "SteadyState(Tsit5()) there for a continuous DEQ."
         )
-    raise TypeError(f"{where} must be an ODE method ({METHODS}); got {type(solver).__name__}.")
+    raise TypeError(f"{where} must be an ODE method ({methods}); got {type(solver).__name__}.")
 
 
 def check_odeint_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, max_steps: Any, on_failure: str,

@@ -11,8 +11,9 @@ from torch import Tensor
 from .._norms import Norm, rms_norm
 from .._root import AbstractRootFinder, Stagnation, check_stop_fields
 from ._steady_steps import SteadyStateState, steady_init, steady_step
-from .odeint import check_ode_solver
+from .odeint import METHODS, check_ode_solver
 from .residual_euler import ResidualEuler
+from .secant_euler import SecantEuler
 from .solvers import AbstractODESolver
 
 __all__ = ["SteadyState"]
@@ -34,8 +35,12 @@ class SteadyState(AbstractRootFinder):
 
     Methods:
 
-    * :class:`~pydeq.ResidualEuler` (default): Euler steps sized by the residual; fewest f calls wherever the
-      fixed-point iteration converges, and still converges where it diverges but the flow does not.
+    * :class:`~pydeq.SecantEuler` (default): Euler steps, accepted when the residual does not grow, sized by a
+      secant fit of the flow along the last step; as few f calls as fixed-point iteration where it converges
+      fast, fewer where it converges slowly, and it still converges where iteration diverges but the flow does
+      not.
+    * :class:`~pydeq.ResidualEuler`: the same Euler steps with the step size grown by a fixed factor (to 1) after
+      each accepted step: damped fixed-point iteration.
     * Adaptive Runge–Kutta (``Tsit5``, ``Dopri5``, ``BS3``) and :class:`~pydeq.VCAB3`: the local error is
       controlled with the method's own ``rtol``/``atol`` in this ``norm`` (as in :func:`pydeq.odeint`), and a
       step is also rejected (and the step size cut to at most 0.7×) when it makes ``norm(f(u) - u)`` grow.
@@ -49,7 +54,7 @@ class SteadyState(AbstractRootFinder):
       fixed-point iteration.
 
     Args:
-        method: the stepping method (default ``ResidualEuler()``).
+        method: the stepping method (default ``SecantEuler()``).
         rtol: relative termination tolerance (against ``norm(f(u))``).
         atol: absolute termination tolerance.
         max_steps: attempted steps (accepted + rejected) per sample.
@@ -64,7 +69,7 @@ class SteadyState(AbstractRootFinder):
     infinite time neural ODEs (continuous DEQs)", arXiv:2201.12240 (2022).
     """
 
-    method: AbstractODESolver | ResidualEuler = field(default_factory=ResidualEuler)
+    method: AbstractODESolver | SecantEuler | ResidualEuler = field(default_factory=SecantEuler)
     _: KW_ONLY
     rtol: float = 1e-4
     atol: float = 1e-6
@@ -73,8 +78,9 @@ class SteadyState(AbstractRootFinder):
     stagnation: Stagnation | None = Stagnation()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.method, ResidualEuler):
-            check_ode_solver(self.method, where="SteadyState's method")
+        if not isinstance(self.method, (SecantEuler, ResidualEuler)):
+            check_ode_solver(self.method, where="SteadyState's method",
+                             methods=f"SecantEuler (the default), ResidualEuler, VCAB3, {METHODS}")
         check_stop_fields(self)
 
     def init(self, fn: Callable[[Tensor], Tensor], z0: Tensor) -> SteadyStateState:
