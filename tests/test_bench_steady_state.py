@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
+import pydeq
 from pydeq.bench.claims import mnist_depth, steady_state
 
 
 def test_grid_measures_every_method_and_judges_the_targets():
-    maps = steady_state.grid_maps(widths=(4, 8), snorms=(0.5,))
+    maps = [m for m in steady_state.grid_maps(widths=(4, 8), snorms=(0.5,)) if m.family != "expansive"]
     assert [(m.family, m.width) for m in maps] == [("random", 4), ("random", 8), ("repeated", 4), ("repeated", 8)]
     repeated = maps[3]
     torch.testing.assert_close(repeated.W[:4, :4], maps[0].W)  # the 4-entry map, twice on the diagonal
@@ -27,6 +31,30 @@ def test_grid_measures_every_method_and_judges_the_targets():
     assert len(cost) == 1 and cost[0].held == (cost[0].ratio <= 1.0)
     table = steady_state.markdown_table(records)
     assert table.count("\n") == 1 + len(records) and "| repeated | 8 | 0.5 |" in table
+
+
+def test_expansive_maps_defeat_fixed_point_iteration_but_not_the_default():
+    maps = steady_state.expansive_maps(width=8)
+    assert [m.label for m in maps] == ["W = -3I", "W = 2S", "W = 3S"]
+    torch.testing.assert_close(maps[1].W, -maps[1].W.T)  # skew-symmetric: imaginary Jacobian spectrum
+    records = steady_state.measure_grid(maps, tols=(1e-3,))
+    for r in records:
+        assert r["default"]["converged"] == 1.0 and r["fixed-point"]["converged"] < 1.0, r
+    row = steady_state._robustness_row(records, "default")
+    assert row.held and row.ratio == 1.0 and "W = 3S tol 0.001" in row.why
+
+
+def test_stability_function_and_step_bound():
+    z = torch.tensor([-0.1, -0.05 + 0.02j], dtype=torch.complex128)
+    euler, tsit5 = pydeq.Euler(dt=1.0).tableau, pydeq.Tsit5().tableau
+    torch.testing.assert_close(steady_state.stability_function(euler, z), 1 + z)
+    err = lambda w: float((steady_state.stability_function(tsit5, w) - torch.exp(w)).abs().max())  # noqa: E731
+    assert 5.8 < math.log2(err(z) / err(z / 2)) < 6.5  # order 5: R(z) - exp(z) = O(z^6), not z^5 or z^7
+    # f = tanh(0 z + x): the flow's Jacobian is -I, every mode decays at rate 1; Euler with h = 1 lands at once
+    m = steady_state.GridMap("random", 4, 0.0, torch.zeros(4, 4), torch.randn(3, 4))
+    bound = steady_state.rk_step_bound(pydeq.Euler(dt=1.0), m, 1e-4, samples=2)
+    assert bound["rate_min"] == pytest.approx(1.0) and bound["rate_max"] == pytest.approx(1.0)
+    assert bound["steps"] < 1.0  # h = 1 (on the grid of constant steps) contracts the mode to 0 in one step
 
 
 def test_width_row_blames_the_map_only_when_its_spectrum_changes():

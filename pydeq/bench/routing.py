@@ -39,7 +39,8 @@ NOT_ON_JULIA = {
               "the engine-julia claim compares the two engines on one spec",
     "selftest": "plain MLPs, no equilibrium model",
     "steady-state-grid": "a solver study on fixed-point maps called through pydeq.fixed_point, not spec models; "
-                         "ResidualEuler, VCAB3, Anderson and FixedPointIteration have no Julia counterpart",
+                         "SecantEuler, ResidualEuler, VCAB3, Anderson and FixedPointIteration have no Julia "
+                         "counterpart",
     "cdeq-table1": "three of its six rows train with Jacobian regularisation and every row reports per-sample "
                    "solver depth; the Julia solve stops batch-wide and has no Jacobian penalty",
     "cdeq-table1-depth": "it measures each sample's solver depth and trains with Jacobian regularisation; the "
