@@ -124,7 +124,7 @@ def test_eval_solver_used_in_eval_mode():
 
 
 @pytest.mark.parametrize("adjoint", [pydeq.ImplicitAdjoint(), pydeq.JacobianFreeAdjoint(), pydeq.PhantomAdjoint(),
-                                     pydeq.UnrolledAdjoint()], ids=repr)
+                                     pydeq.DirectAdjoint()], ids=repr)
 def test_layer_with_every_adjoint_trains(adjoint):
     torch.manual_seed(1)
     deq = pydeq.DEQ(TanhCell(), state_shape=(12,), adjoint=adjoint)

@@ -144,7 +144,7 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
           trace: bool = False) -> Solution:
     """Run ``solver`` on ``fn`` from ``z0`` until every sample converges, fails or ``max_steps``.
 
-    Gradients flow through the loop when grad mode is on (that is the unrolled adjoint); the other
+    Gradients flow through the loop when grad mode is on (that is :class:`~pydeq.DirectAdjoint`); the other
     adjoints call this under ``torch.no_grad()``.
 
     Returns:

@@ -34,7 +34,8 @@ class DEQ(nn.Module):
         f: ``nn.Module`` or callable, called ``f(z, x)``; maps ``(batch, *state)`` to itself.
         solver: root finder (``Anderson()`` default, ``Broyden``, ``NewtonKrylov``, ``FixedPointIteration``)
             or ``SteadyState(Tsit5())`` for a continuous DEQ (Pal et al. 2022).
-        adjoint: gradient method; ``ImplicitAdjoint()`` default.
+        adjoint: gradient method; ``ImplicitAdjoint()`` default, ``DirectAdjoint()`` back-propagates through
+            the solver's iterations.
         init: ``None`` starts from zeros; a module ``g`` starts from ``g(x)`` (Skip DEQ).
         state_shape: per-sample state shape when it differs from ``x.shape[1:]``.
         eval_solver: solver used in ``eval()`` mode (e.g. more steps); defaults to ``solver``.
@@ -73,7 +74,11 @@ class DEQ(nn.Module):
                     "An ODE method alone integrates a fixed horizon: use it in NeuralODE, or wrap it in SteadyState."
                 )
         if adjoint is not None and not isinstance(adjoint, AbstractAdjoint):
-            raise TypeError(f"DEQ adjoint must be a pydeq adjoint (ImplicitAdjoint, ...); got {type(adjoint).__name__}")
+            raise TypeError(
+                "DEQ adjoint must be a pydeq adjoint of an equilibrium (ImplicitAdjoint, BroydenReuseAdjoint, "
+                f"JacobianFreeAdjoint, PhantomAdjoint, DirectAdjoint); got {type(adjoint).__name__}. "
+                "CheckpointAdjoint and BacksolveAdjoint differentiate a finite-horizon ODE solve (NeuralODE)."
+            )
         check_policy(on_failure)
         check_positive("skip_weight", skip_weight, allow_zero=True)
         check_positive("jacobian_weight", jacobian_weight, allow_zero=True)
