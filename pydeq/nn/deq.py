@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .._adjoint import AbstractAdjoint
 from .._checks import check_int, check_policy, check_positive
-from .._norms import rms_norm
+from .._norms import converged, rms_norm
 from .._root import AbstractRootFinder
 from .._solution import Solution, Status
 from ..fixed_point import fixed_point
@@ -150,10 +150,11 @@ class DEQ(nn.Module):
             previous, z = z, self.f(z, x)
         solver = self.solver
         norm = solver.norm if solver is not None else rms_norm
+        rtol, atol = (solver.rtol, solver.atol) if solver is not None else (0.0, 0.0)
         residual = norm(z - previous).detach()
         # the solvers' stop test, on the last unrolled step (z plays f(z), previous plays z)
-        tol = (solver.atol + solver.rtol * norm(z).detach()) if solver is not None else torch.zeros_like(residual)
-        status = torch.where(residual <= tol, int(Status.SUCCESS), int(Status.MAX_STEPS)).long()
+        ok = converged(residual, norm(z).detach(), rtol=rtol, atol=atol)
+        status = torch.where(ok, int(Status.SUCCESS), int(Status.MAX_STEPS)).long()
         steps = torch.full_like(status, self.unrolled_steps)
         return Solution(z=z, residual=residual, status=status, nfe=self.unrolled_steps, steps=steps)
 
