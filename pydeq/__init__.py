@@ -11,7 +11,6 @@ from ._adjoint import (
     ImplicitAdjoint,
     JacobianFreeAdjoint,
     PhantomAdjoint,
-    UnrolledAdjoint,
 )
 from ._linear import GMRES, AbstractLinearSolver, Direct, Neumann
 from ._norms import l2_norm, max_norm, rms_norm
@@ -85,8 +84,25 @@ __all__ = [
     "HeunEuler", "Fehlberg2", "Midpoint", "Heun2", "Heun3", "RK38", "Event", "CheckpointAdjoint",
     # adjoints and linear solvers
     "AbstractAdjoint", "ImplicitAdjoint", "BroydenReuseAdjoint", "JacobianFreeAdjoint", "PhantomAdjoint",
-    "UnrolledAdjoint", "AbstractODEAdjoint", "DirectAdjoint", "BacksolveAdjoint", "AbstractLinearSolver", "GMRES",
-    "Neumann", "Direct",
+    "AbstractODEAdjoint", "DirectAdjoint", "BacksolveAdjoint", "AbstractLinearSolver", "GMRES", "Neumann", "Direct",
     # modules
     "compat", "interop", "spec",
 ]
+
+
+# old names kept for one release: old -> (new, why)
+_RENAMED = {
+    "UnrolledAdjoint": ("DirectAdjoint", "one adjoint now back-propagates through the solver for fixed-point and "
+                                         "ODE solves alike"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _RENAMED:
+        import warnings
+
+        new, why = _RENAMED[name]
+        warnings.warn(f"pydeq.{name} is now pydeq.{new} ({why}); the old name goes in the next release.",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module 'pydeq' has no attribute {name!r}")

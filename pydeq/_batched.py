@@ -32,7 +32,7 @@ def project(v: Tensor, rows: Tensor) -> Tensor:
 def write_slot(buf: Tensor, slot: int, row: Tensor, dim: int = 1) -> Tensor:
     """Write ``row`` into index ``slot`` of ``buf`` along ``dim`` (1 or 2); a short ``row`` fills the leading part.
 
-    In place when nothing needs a gradient; out of place otherwise (keeps the unrolled adjoint's graph intact).
+    In place when nothing needs a gradient; out of place otherwise (keeps DirectAdjoint's graph intact).
     """
     if not (buf.requires_grad or row.requires_grad):
         buf.select(dim, slot)[:, : row.shape[1]].copy_(row)

@@ -1,4 +1,4 @@
-"""Per-sample norms that the stopping tests and the ODE error control take as an argument.
+"""Per-sample norms that the stopping tests and the ODE error control take as an argument, and the stop test.
 
 A norm maps ``(batch, *state) -> (batch,)``, one value per sample. Which one decides what a tolerance means:
 
@@ -18,6 +18,9 @@ one whose absolute tolerances depend on the state size. For a relative test (``a
 
 Any callable with the same signature works (e.g. a weighted norm); it must return a non-negative
 ``(batch,)`` tensor and should be 0 only for a zero state.
+
+:func:`converged` is the one stop test of a fixed-point solve, ``norm(f(z) - z) <= atol + rtol * norm(f(z))``,
+shared by the root-finder driver and the DEQ layer's unrolled pretraining path.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["rms_norm", "max_norm", "l2_norm", "Norm", "check_norm", "check_norm_output"]
+__all__ = ["rms_norm", "max_norm", "l2_norm", "Norm", "converged", "check_norm", "check_norm_output"]
 
 Norm = Callable[[Tensor], Tensor]
 
@@ -50,6 +53,21 @@ def max_norm(v: Tensor) -> Tensor:
 def l2_norm(v: Tensor) -> Tensor:
     """Euclidean norm of each sample's whole state: ``(batch, *state) -> (batch,)``, ``sqrt(sum(v**2))``."""
     return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
+
+
+def converged(residual: Tensor, fz_norm: Tensor, *, rtol: float, atol: float) -> Tensor:
+    """The stop test of a fixed-point solve: ``residual <= atol + rtol * fz_norm``, per sample.
+
+    Args:
+        residual: ``(batch,)`` ``norm(f(z) - z)``.
+        fz_norm: ``(batch,)`` ``norm(f(z))``, in the same norm; ``rtol = 0`` makes the test absolute, ``atol = 0``
+            relative (DeepEquilibriumNetworks.jl's ``rel_norm``).
+        rtol, atol: the solver's tolerances.
+
+    Returns:
+        ``(batch,)`` bool: which samples have converged (False where the residual is NaN).
+    """
+    return residual <= atol + rtol * fz_norm
 
 
 def check_norm(where: str, norm: Any) -> None:

@@ -34,7 +34,8 @@ def fixed_point(
         x: the input injected at every call, usually ``(batch, ...)``; passed to f untouched.
         z0: ``(batch, *state)`` initial guess; defaults to ``zeros_like(x)``.
         solver: root finder or steady-state ODE solver; default ``Anderson()``.
-        adjoint: how gradients are computed; default ``ImplicitAdjoint()`` (exact, GMRES).
+        adjoint: how gradients are computed; default ``ImplicitAdjoint()`` (exact, GMRES); ``DirectAdjoint()``
+            back-propagates through the solver's iterations.
         on_failure: ``"warn"`` (default), ``"raise"`` or ``"return"`` when a sample does not converge.
             NaN/Inf iterates raise :class:`NonFiniteError` unless ``"return"``.
         trace: keep the per-step residual norms in ``Solution.trace``.
@@ -106,7 +107,7 @@ def _check_args(f: Any, x: Any, z0: Any, solver: Any, adjoint: Any, on_failure: 
     if not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(
             "adjoint must be one of ImplicitAdjoint, BroydenReuseAdjoint, JacobianFreeAdjoint, PhantomAdjoint, "
-            f"UnrolledAdjoint; got {type(adjoint).__name__}."
+            f"DirectAdjoint; got {type(adjoint).__name__}."
         )
     check_policy(on_failure)
 

@@ -29,9 +29,39 @@ def test_implicit_adjoint_matches_closed_form(linear_solver):
 
 @pytest.mark.parametrize("solver", [pydeq.FixedPointIteration(rtol=0, atol=1e-13, max_steps=1000),
                                     pydeq.Anderson(**TIGHT)], ids=repr)
-def test_unrolled_adjoint_matches_closed_form(solver):
-    err, _ = _linear_grads(solver, pydeq.UnrolledAdjoint())
+def test_direct_adjoint_matches_closed_form(solver):
+    err, _ = _linear_grads(solver, pydeq.DirectAdjoint())
     assert err < 1e-8
+
+
+def test_direct_adjoint_is_one_adjoint_for_fixed_point_and_ode_solves():
+    adjoint = pydeq.DirectAdjoint()
+    assert isinstance(adjoint, pydeq.AbstractAdjoint) and isinstance(adjoint, pydeq.AbstractODEAdjoint)
+    err, _ = _linear_grads(pydeq.Anderson(**TIGHT), adjoint)
+    assert err < 1e-8
+    u0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    rate = torch.tensor(-0.7, dtype=torch.float64, requires_grad=True)
+    sol = pydeq.odeint(lambda t, u: rate * u, u0, (0.0, 1.0), solver=pydeq.RK4(dt=0.01), adjoint=adjoint)
+    g_u0, g_rate = torch.autograd.grad(sol.z.sum(), (u0, rate))
+    e = torch.exp(rate.detach())  # u(1) = exp(rate) u0
+    torch.testing.assert_close(g_u0, torch.full_like(u0, float(e)), rtol=1e-9, atol=0)
+    torch.testing.assert_close(g_rate, (e * u0.detach()).sum(), rtol=1e-9, atol=0)
+
+
+def test_unrolled_adjoint_is_a_deprecated_alias_of_direct_adjoint():
+    with pytest.warns(DeprecationWarning, match=r"pydeq.UnrolledAdjoint is now pydeq.DirectAdjoint .*next release"):
+        old = pydeq.UnrolledAdjoint
+    assert old is pydeq.DirectAdjoint
+    with pytest.warns(DeprecationWarning, match="pydeq.UnrolledAdjoint is now pydeq.DirectAdjoint"):
+        from pydeq import UnrolledAdjoint
+    assert UnrolledAdjoint is pydeq.DirectAdjoint
+    solver = pydeq.FixedPointIteration(rtol=0, atol=1e-13, max_steps=1000)
+    err_old, sol_old = _linear_grads(solver, UnrolledAdjoint())
+    err_new, sol_new = _linear_grads(solver, pydeq.DirectAdjoint())
+    assert err_old == err_new < 1e-8 and torch.equal(sol_old.z, sol_new.z) and sol_old.nfe == sol_new.nfe
+    assert "UnrolledAdjoint" not in pydeq.__all__
+    with pytest.raises(AttributeError, match="module 'pydeq' has no attribute 'NoSuchAdjoint'"):
+        pydeq.NoSuchAdjoint  # noqa: B018
 
 
 def test_broyden_reuse_improves_with_refine_steps():
@@ -79,7 +109,7 @@ def test_gradients_reach_module_parameters_and_closures():
     assert lin.weight.grad is not None and scale.grad is not None and scale.grad != 0
 
 
-def test_all_adjoints_agree_with_unrolled_on_tanh_deq():
+def test_all_adjoints_agree_with_direct_on_tanh_deq():
     W, U, x = linear_problem(d=8, contraction=0.7)
     f = lambda z, x: torch.tanh(z @ W.T + x @ U.T)  # noqa: E731
     c = torch.randn(4, 8, dtype=torch.float64)
@@ -88,7 +118,7 @@ def test_all_adjoints_agree_with_unrolled_on_tanh_deq():
         z = pydeq.fixed_point(f, x, solver=solver, adjoint=adjoint, on_failure="raise").z
         return torch.cat([g.flatten() for g in torch.autograd.grad((z * c).sum(), (W, U, x))])
 
-    ref = grads(pydeq.FixedPointIteration(rtol=0, atol=1e-13, max_steps=500), pydeq.UnrolledAdjoint())
+    ref = grads(pydeq.FixedPointIteration(rtol=0, atol=1e-13, max_steps=500), pydeq.DirectAdjoint())
     for solver, adjoint in [(pydeq.Anderson(**TIGHT), pydeq.ImplicitAdjoint(linear_solver=pydeq.GMRES(rtol=1e-12, atol=0))),
                             (pydeq.Broyden(**TIGHT), pydeq.ImplicitAdjoint(linear_solver=pydeq.Neumann(rtol=1e-12,
                                                                                                         atol=0))),

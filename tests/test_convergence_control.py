@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import pydeq
+from pydeq._norms import converged
 from pydeq._ode.vcab3 import ab_weights
 from pydeq._solution import Status
 
@@ -37,6 +38,14 @@ def test_norms_are_what_their_docstrings_say():
     torch.testing.assert_close(pydeq.rms_norm(big), pydeq.rms_norm(v))
     torch.testing.assert_close(pydeq.max_norm(big), pydeq.max_norm(v))
     torch.testing.assert_close(pydeq.l2_norm(big), pydeq.l2_norm(v) * math.sqrt(150))
+
+
+def test_the_stop_test_is_residual_at_most_atol_plus_rtol_times_norm_fz():
+    residual = torch.tensor([1.0, 1.5, 3.0, math.nan, math.inf], dtype=D)
+    fz_norm = torch.tensor([5.0, 5.0, 5.0, 5.0, 5.0], dtype=D)
+    assert converged(residual, fz_norm, rtol=0.1, atol=1.0).tolist() == [True, True, False, False, False]  # 1.5: "<="
+    assert converged(residual, fz_norm, rtol=0.0, atol=1.0).tolist() == [True, False, False, False, False]
+    assert converged(residual, fz_norm, rtol=0.2, atol=0.0).tolist() == [True, False, False, False, False]
 
 
 def _tanh_map(width, contraction=0.9, seed=0, copies=1):

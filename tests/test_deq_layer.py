@@ -110,6 +110,34 @@ def test_pretraining_switch_unrolls_then_returns_to_solving():
     assert deq.last_solution.success
 
 
+def test_pretraining_status_is_the_solvers_stop_test():
+    # the last unrolled step z_{n-1} -> z_n is judged as the driver judges an iterate:
+    # norm(z_n - z_{n-1}) <= atol + rtol * norm(z_n), with the layer solver's norm and tolerances
+    f = TanhCell()
+    x = torch.randn(3, 5)
+    z_prev = f(torch.zeros(3, 12), x)
+    z = f(z_prev, x)
+    res, size = pydeq.max_norm(z - z_prev).detach(), pydeq.max_norm(z).detach()
+    i = int(res.argmax())
+
+    def status(solver):
+        deq = pydeq.DEQ(f, state_shape=(12,), solver=solver)
+        with deq.pretraining(2):
+            deq(x)
+        assert torch.equal(deq.last_solution.residual, res)
+        return deq.last_solution.status
+
+    loose = pydeq.FixedPointIteration(rtol=0.0, atol=float(res[i]), norm=pydeq.max_norm)  # <= : the worst one passes
+    assert (status(loose) == int(pydeq.Status.SUCCESS)).all()
+    tight = pydeq.FixedPointIteration(rtol=0.0, atol=float(res[i]) * (1 - 1e-6), norm=pydeq.max_norm)
+    assert int(status(tight)[i]) == int(pydeq.Status.MAX_STEPS)
+    ratio = float((res / size).max())
+    relative = pydeq.FixedPointIteration(rtol=ratio * (1 + 1e-3), atol=0.0, norm=pydeq.max_norm)
+    assert (status(relative) == int(pydeq.Status.SUCCESS)).all()
+    relative = pydeq.FixedPointIteration(rtol=ratio * (1 - 1e-3), atol=0.0, norm=pydeq.max_norm)
+    assert (status(relative) == int(pydeq.Status.MAX_STEPS)).any()
+
+
 def test_eval_solver_used_in_eval_mode():
     f = TanhCell()
     deq = pydeq.DEQ(f, state_shape=(12,), solver=pydeq.FixedPointIteration(max_steps=2),
@@ -124,7 +152,7 @@ def test_eval_solver_used_in_eval_mode():
 
 
 @pytest.mark.parametrize("adjoint", [pydeq.ImplicitAdjoint(), pydeq.JacobianFreeAdjoint(), pydeq.PhantomAdjoint(),
-                                     pydeq.UnrolledAdjoint()], ids=repr)
+                                     pydeq.DirectAdjoint()], ids=repr)
 def test_layer_with_every_adjoint_trains(adjoint):
     torch.manual_seed(1)
     deq = pydeq.DEQ(TanhCell(), state_shape=(12,), adjoint=adjoint)

@@ -90,7 +90,7 @@ def test_bad_component_settings(make, match):
 def test_wrong_solver_and_adjoint_types():
     with pytest.raises(TypeError, match="solver must be a root finder"):
         pydeq.fixed_point(f_ok, x, solver=pydeq.GMRES())
-    with pytest.raises(TypeError, match="adjoint must be one of"):
+    with pytest.raises(TypeError, match="adjoint must be one of ImplicitAdjoint, .*, DirectAdjoint; got Anderson"):
         pydeq.fixed_point(f_ok, x, adjoint=pydeq.Anderson())
 
 
@@ -137,5 +137,8 @@ def test_deq_rejects_solvers_of_the_wrong_kind_at_construction():
         pydeq.DEQ(f_ok, solver=pydeq.Tsit5())
     with pytest.raises(TypeError, match="DEQ eval_solver must be a root finder.*got GMRES"):
         pydeq.DEQ(f_ok, eval_solver=pydeq.GMRES())
-    with pytest.raises(TypeError, match="DEQ adjoint must be a pydeq adjoint"):
-        pydeq.DEQ(f_ok, adjoint=pydeq.DirectAdjoint())
+    with pytest.raises(TypeError, match=r"DEQ adjoint must be a pydeq adjoint of an equilibrium \(.*DirectAdjoint\); "
+                                        r"got BacksolveAdjoint\. .*finite-horizon ODE solve \(NeuralODE\)"):
+        pydeq.DEQ(f_ok, adjoint=pydeq.BacksolveAdjoint())
+    with pytest.raises(TypeError, match="DEQ adjoint must be a pydeq adjoint of an equilibrium.*got CheckpointAdjoint"):
+        pydeq.DEQ(f_ok, adjoint=pydeq.CheckpointAdjoint())

@@ -3,7 +3,7 @@
 The numerical tests use a tiny float64 configuration (2 branches of 4 channels, 4x4 images). An MDEQ map
 with GroupNorm is not a contraction at initialisation (spectral radius about 1.05-1.2 measured), so not every
 sample's solve converges; :func:`converging` picks, once, the candidate images whose Anderson solve (and, for
-the unrolled reference, plain iteration) reaches 1e-12, and every test asserts that convergence first, so a
+the DirectAdjoint reference, plain iteration) reaches 1e-12, and every test asserts that convergence first, so a
 failure says "the solve did not converge", not "the numbers disagree".
 """
 
@@ -23,7 +23,6 @@ from pydeq import (
     ImplicitAdjoint,
     JacobianFreeAdjoint,
     Tsit5,
-    UnrolledAdjoint,
     fixed_point,
 )
 from pydeq.nn.multiscale import (
@@ -139,13 +138,13 @@ def _grads(model, x, z0=None):
     return torch.autograd.grad(loss, [x, *params])
 
 
-def test_implicit_gradient_matches_unrolled_backprop():
+def test_implicit_gradient_matches_direct_backprop():
     # on samples where plain iteration converges, back-propagating through its ~60-80 iterations is an
     # independent reference: its error shrinks like rho^steps
     x = converging(2, contractive=True)
     implicit = _grads(tiny(adjoint=EXACT), x)
-    unrolled = _grads(tiny(solver=ITERATE, adjoint=UnrolledAdjoint()), x)
-    for a, b in zip(implicit, unrolled, strict=True):
+    direct = _grads(tiny(solver=ITERATE, adjoint=DirectAdjoint()), x)
+    for a, b in zip(implicit, direct, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
 
 

@@ -211,22 +211,23 @@ def test_variational_dropout_mask_is_fixed_across_solver_iterations() -> None:
 
 
 def test_variational_dropout_gradient_is_that_of_the_masked_map() -> None:
-    """Implicit gradient with a held mask == unrolled back-propagation of the same fixed map (long solve)."""
+    """Implicit gradient with a held mask == DirectAdjoint (back-propagation through the iterations) of the same
+    fixed map (long solve)."""
     drop = VariationalDropout(0.5)
     torch.manual_seed(0)
     implicit = resample_each_call(deq_with(Cell(drop)))
-    unrolled = copy.deepcopy(implicit)
-    unrolled.adjoint = pydeq.UnrolledAdjoint()
-    unrolled.solver = pydeq.FixedPointIteration(rtol=1e-13, atol=1e-14, max_steps=400)
+    direct = copy.deepcopy(implicit)
+    direct.adjoint = pydeq.DirectAdjoint()
+    direct.solver = pydeq.FixedPointIteration(rtol=1e-13, atol=1e-14, max_steps=400)
     x = data()
     torch.manual_seed(5)
     yi = implicit(x)
     torch.manual_seed(5)  # the same mask draw
-    yu = unrolled(x)
+    yu = direct(x)
     torch.testing.assert_close(yu, yi, atol=1e-9, rtol=0)
     yi.square().sum().backward()
     yu.square().sum().backward()
-    for (k, a), b in zip(implicit.named_parameters(), unrolled.parameters(), strict=True):
+    for (k, a), b in zip(implicit.named_parameters(), direct.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-8, rtol=1e-6, msg=k)
 
 

@@ -3,7 +3,7 @@
 An adjoint never sees the solver. It receives ``fn(z) = f(z, x)`` (with grad enabled, so a call builds
 the graph to x and to every parameter f uses) and the forward :class:`Solution`; it returns the output
 tensor carrying that graph. ``unrolled = True`` asks :func:`pydeq.fixed_point` to run the solve with
-grad enabled instead.
+grad enabled instead (:class:`pydeq.DirectAdjoint`, which serves ODE solves too and so lives in ``pydeq._ode``).
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def check_odeint_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, 
 
 def _check_multistep(adjoint: Any, event: Any) -> None:
     """VCAB3 runs its own loop (:mod:`~pydeq._ode.adams`): back-propagation through it, no events."""
-    if type(adjoint).__name__ != "DirectAdjoint":
+    if type(adjoint) is not DirectAdjoint:
         raise TypeError(f"VCAB3 (a multistep method) is differentiated by DirectAdjoint() only; got "
                         f"{type(adjoint).__name__}. Use DirectAdjoint(), or a Runge–Kutta method (Tsit5, ...) for "
                         "CheckpointAdjoint/BacksolveAdjoint.")

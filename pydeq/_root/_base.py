@@ -9,8 +9,9 @@ A solver is a frozen dataclass with ``rtol``, ``atol``, ``max_steps``, ``norm`` 
 * ``postprocess(state) -> dict``: solver data to keep in ``Solution.extras`` (e.g. Broyden factors).
 
 The driver measures the residual ``norm(f(z) - z)`` per sample, stops each sample when
-``norm(f(z) - z) <= atol + rtol * norm(f(z))``, keeps each sample's best iterate, flags NaN/Inf, and stops a
-sample whose best residual has stopped falling (:class:`Stagnation`) with status ``STAGNATED``.
+``norm(f(z) - z) <= atol + rtol * norm(f(z))`` (:func:`pydeq._norms.converged`), keeps each sample's best iterate,
+flags NaN/Inf, and stops a sample whose best residual has stopped falling (:class:`Stagnation`) with status
+``STAGNATED``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from .._batched import freeze
 from .._checks import check_int, check_positive, check_tolerances
-from .._norms import Norm, check_norm, check_norm_output
+from .._norms import Norm, check_norm, check_norm_output, converged
 from .._solution import Solution, Status
 
 __all__ = ["AbstractRootFinder", "Stagnation", "solve", "CountedFn", "IterateState", "check_stop_fields"]
@@ -131,9 +132,9 @@ class AbstractRootFinder(abc.ABC):
     def postprocess(self, state: Any) -> dict:
         return {}
 
-    def tolerance(self, state: Any) -> Tensor:
-        """``(batch,)`` acceptance threshold ``atol + rtol * norm(f(z))``."""
-        return self.atol + self.rtol * self.norm(state.fz)
+    def converged(self, state: Any, res: Tensor) -> Tensor:
+        """``(batch,)`` bool: the stop test ``res <= atol + rtol * norm(f(z))`` for ``res = self.residual(state)``."""
+        return converged(res, self.norm(state.fz), rtol=self.rtol, atol=self.atol)
 
     def residual(self, state: Any) -> Tensor:
         """``(batch,)`` residual ``norm(f(z) - z)`` that defines convergence."""
@@ -144,7 +145,7 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
           trace: bool = False) -> Solution:
     """Run ``solver`` on ``fn`` from ``z0`` until every sample converges, fails or ``max_steps``.
 
-    Gradients flow through the loop when grad mode is on (that is the unrolled adjoint); the other
+    Gradients flow through the loop when grad mode is on (that is :class:`~pydeq.DirectAdjoint`); the other
     adjoints call this under ``torch.no_grad()``.
 
     Returns:
@@ -163,7 +164,7 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
     status = torch.full((batch,), int(Status.MAX_STEPS), dtype=torch.int64, device=device)
     steps = torch.zeros(batch, dtype=torch.int64, device=device)
     finite = res < torch.inf  # False for NaN and Inf alike
-    done = finite & (res <= solver.tolerance(state))
+    done = finite & solver.converged(state, res)
     status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(~finite, int(Status.NONFINITE))
     active = finite & ~done
     best_z, best_res = state.z, torch.where(finite, res, torch.inf)
@@ -187,15 +188,14 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
             state = dataclasses.replace(new, z=freeze(active, new.z, state.z), fz=freeze(active, new.fz, state.fz))
             res = torch.where(active, solver.residual(state), res)
         better = res < best_res
-        tol = solver.tolerance(state)
+        done = solver.converged(state, res)
         stalled = stall.update(torch.where(better, res, best_res), it)
         quiet = False
-        if everyone:
-            n_better, n_above, n_stalled, total = torch.stack(
-                [better.sum(), (res > tol).sum(), stalled.sum(), res.sum()]).tolist()
-            quiet = n_above == batch and n_stalled == 0 and math.isfinite(total)
+        if everyone:  # with every residual finite (total finite), "none converged" is "every residual above tol"
+            n_better, n_done, n_stalled, total = torch.stack(
+                [better.sum(), done.sum(), stalled.sum(), res.sum()]).tolist()
+            quiet = n_done == 0 and n_stalled == 0 and math.isfinite(total)
         if not quiet:
-            done = res <= tol
             broken = ~(res < torch.inf)
             if not everyone:
                 done, broken = done & active, broken & active

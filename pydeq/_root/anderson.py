@@ -145,7 +145,7 @@ class Anderson(AbstractRootFinder):
         """Store ``f(z) - z`` and ``f(z)`` in the next slot and update that row and column of the Gram matrix."""
         batch, slot, written = state.z.shape[0], state.k % self.history, min(state.k + 1, self.history)
         fz, z = state.fz.reshape(batch, -1), state.z.reshape(batch, -1)
-        if state.G.requires_grad or fz.requires_grad or z.requires_grad:  # unrolled adjoint: out of place
+        if state.G.requires_grad or fz.requires_grad or z.requires_grad:  # DirectAdjoint: out of place
             g = fz - z
             G = write_slot(state.G, slot, g)
             F = write_slot(state.F, slot, fz)

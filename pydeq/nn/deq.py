@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .._adjoint import AbstractAdjoint
 from .._checks import check_int, check_policy, check_positive
-from .._norms import rms_norm
+from .._norms import converged, rms_norm
 from .._root import AbstractRootFinder
 from .._solution import Solution, Status
 from ..fixed_point import fixed_point
@@ -34,7 +34,8 @@ class DEQ(nn.Module):
         f: ``nn.Module`` or callable, called ``f(z, x)``; maps ``(batch, *state)`` to itself.
         solver: root finder (``Anderson()`` default, ``Broyden``, ``NewtonKrylov``, ``FixedPointIteration``)
             or ``SteadyState(Tsit5())`` for a continuous DEQ (Pal et al. 2022).
-        adjoint: gradient method; ``ImplicitAdjoint()`` default.
+        adjoint: gradient method; ``ImplicitAdjoint()`` default, ``DirectAdjoint()`` back-propagates through
+            the solver's iterations.
         init: ``None`` starts from zeros; a module ``g`` starts from ``g(x)`` (Skip DEQ).
         state_shape: per-sample state shape when it differs from ``x.shape[1:]``.
         eval_solver: solver used in ``eval()`` mode (e.g. more steps); defaults to ``solver``.
@@ -73,7 +74,11 @@ class DEQ(nn.Module):
                     "An ODE method alone integrates a fixed horizon: use it in NeuralODE, or wrap it in SteadyState."
                 )
         if adjoint is not None and not isinstance(adjoint, AbstractAdjoint):
-            raise TypeError(f"DEQ adjoint must be a pydeq adjoint (ImplicitAdjoint, ...); got {type(adjoint).__name__}")
+            raise TypeError(
+                "DEQ adjoint must be a pydeq adjoint of an equilibrium (ImplicitAdjoint, BroydenReuseAdjoint, "
+                f"JacobianFreeAdjoint, PhantomAdjoint, DirectAdjoint); got {type(adjoint).__name__}. "
+                "CheckpointAdjoint and BacksolveAdjoint differentiate a finite-horizon ODE solve (NeuralODE)."
+            )
         check_policy(on_failure)
         check_positive("skip_weight", skip_weight, allow_zero=True)
         check_positive("jacobian_weight", jacobian_weight, allow_zero=True)
@@ -145,10 +150,11 @@ class DEQ(nn.Module):
             previous, z = z, self.f(z, x)
         solver = self.solver
         norm = solver.norm if solver is not None else rms_norm
+        rtol, atol = (solver.rtol, solver.atol) if solver is not None else (0.0, 0.0)
         residual = norm(z - previous).detach()
         # the solvers' stop test, on the last unrolled step (z plays f(z), previous plays z)
-        tol = (solver.atol + solver.rtol * norm(z).detach()) if solver is not None else torch.zeros_like(residual)
-        status = torch.where(residual <= tol, int(Status.SUCCESS), int(Status.MAX_STEPS)).long()
+        ok = converged(residual, norm(z).detach(), rtol=rtol, atol=atol)
+        status = torch.where(ok, int(Status.SUCCESS), int(Status.MAX_STEPS)).long()
         steps = torch.full_like(status, self.unrolled_steps)
         return Solution(z=z, residual=residual, status=status, nfe=self.unrolled_steps, steps=steps)
 
