@@ -1,4 +1,4 @@
-"""Image-classification data for examples and benchmarks: MNIST, Fashion-MNIST and CIFAR-10.
+"""Image-classification data for examples and benchmarks: MNIST, Fashion-MNIST and CIFAR-10 (:data:`DATASETS`).
 
 Loaders read the standard on-disk formats (parsed by :mod:`pydeq.data_formats`) and return ``(x, y)`` with ``x``
 a float32 tensor in [0, 1] of shape ``(n, channels, height, width)`` and ``y`` an int64 tensor of shape ``(n,)``;
@@ -13,10 +13,10 @@ normalisation is the model's business.
 except for per-class image layouts, which carry no cross-class order: there the examples are interleaved
 (the first image of every class, then the second, …) so that any prefix is class-balanced.
 
-Getting the files is :func:`pydeq.bench.fetch.fetch`'s job (``pydeq data fetch``); both
-share the cache layout ``<cache>/{mnist,fashion-mnist,cifar10}/`` under ``$PYDEQ_DATA`` or ``~/.cache/pydeq``.
-Offline, ``pydeq data fetch NAME --from FILE`` installs a copy you already have, after checking it; the README's
-"Data sets" section lists the sources and what ``--from`` accepts.
+Getting the files is :func:`pydeq.bench.fetch.fetch`'s job (``pydeq data fetch``); both share the cache layout
+``<cache>/<name>/``, a folder per name in :data:`DATASETS`, under ``$PYDEQ_DATA`` or ``~/.cache/pydeq``. Offline,
+``pydeq data fetch NAME --from FILE`` installs a copy you already have, after checking it; the README's "Data sets"
+section lists the sources and what ``--from`` accepts.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pydeq.data_formats import IMAGE_SUFFIXES, FolderOrTar, _check_limit, image_
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "DATASETS",
     "DataMissingError",
     "default_cache_dir",
     "load",
@@ -183,18 +184,21 @@ def load_cifar10(
 
 _LOADERS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
+DATASETS: tuple[str, ...] = tuple(_LOADERS)
+"""The data sets pydeq reads, by name (each one's cache folder too): the one list that :func:`load`, ``pydeq data``
+and :mod:`pydeq.bench.fetch` take their names from."""
 
 
 def load(
     name: str, split: str = "train", limit: int | None = None, *, cache_dir: str | os.PathLike[str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load data set ``name`` (``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``) from the cache.
+    """Load data set ``name`` (one of :data:`DATASETS`) from the cache.
 
     ``cache_dir`` defaults to :func:`default_cache_dir`. Raises :class:`DataMissingError` (with the command that
     fetches it) when the files are not there; nothing is downloaded here.
     """
     if name not in _LOADERS:
-        raise ValueError(f"unknown data set {name!r}; choose one of {sorted(_LOADERS)}.")
+        raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}.")
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return _LOADERS[name](root, split, limit)
 

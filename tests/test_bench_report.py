@@ -155,6 +155,15 @@ def test_claim_status(verdicts: list[bool | None], status: str) -> None:
     assert ClaimResult(rows=[Row(method="m", quantity="q", held=v) for v in verdicts]).status == status
 
 
+def test_claims_name_only_known_data_sets() -> None:
+    from pydeq.bench.runner import available_claims
+    from pydeq.data import DATASETS
+
+    assert all(set(c.data) <= set(DATASETS) for c in available_claims().values())
+    with pytest.raises(ValueError, match=r"unknown data sets \['svhn'\] for claim 't-svhn'; choose from \('mnist', "):
+        claim("t-svhn", title="", paper="", suites=(), data=("svhn",))
+
+
 def test_timing_helpers() -> None:
     with pytest.raises(ValueError, match="at least one sample"):
         Timing(())
