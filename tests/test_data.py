@@ -105,6 +105,22 @@ def test_loader_argument_errors(tmp_path: Path) -> None:
         load_cifar10(tmp_path, "train")
 
 
+def test_one_list_of_data_sets_names_every_loader_fetcher_and_from_road(tmp_path: Path) -> None:
+    """pydeq.data.DATASETS is the one list: load, fetch and --from take exactly these names, each its cache folder."""
+    assert data.DATASETS == ("mnist", "fashion-mnist", "cifar10")
+    assert fetch_mod.DATASETS is data.DATASETS
+    assert list(local_mod.ACCEPTS) == list(data.DATASETS)
+    for name in data.DATASETS:
+        with pytest.raises(DataMissingError, match=f"pydeq data fetch {name} --cache"):
+            load(name, "test", limit=1, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"unknown data set 'svhn'; choose one of \['cifar10', 'fashion-mnist', "
+                                         r"'mnist'\]"):
+        load("svhn")
+    with pytest.raises(ValueError, match=r"unknown data set 'svhn'; choose one of \['mnist', 'fashion-mnist', "
+                                         r"'cifar10'\]"):
+        fetch_mod.fetch("svhn", tmp_path)
+
+
 def test_default_cache_dir_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PYDEQ_DATA", str(tmp_path))
     assert data.default_cache_dir() == tmp_path

@@ -18,7 +18,7 @@ LAYERS = {
     "nn": 3,
     "compat": 4, "spec": 4,
     "julia": 5, "interop": 5,
-    "bench": 6, "data": 6, "cli": 6, "__main__": 6,
+    "bench": 6, "data": 6, "data_formats": 6, "cli": 6, "__main__": 6,
 }
 
 

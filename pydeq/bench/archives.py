@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
-from pydeq.data import open_maybe_gzip
+from pydeq.data_formats import open_maybe_gzip
 
 __all__ = [
     "CIFAR_JPEG", "CIFAR_PYTHON", "FASHION_MD5", "IDX_FILES", "MNIST_MD5", "by_basename", "deb_members", "digest",

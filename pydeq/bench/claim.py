@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from pydeq.bench.timing import Timing, measure, measure_side_by_side
+from pydeq.data import DATASETS
 
 __all__ = ["REGISTRY", "BenchContext", "Claim", "ClaimResult", "Row", "SkipClaim", "claim", "seed_everything"]
 
@@ -198,11 +199,14 @@ def claim(name: str, *, title: str, paper: str, suites: tuple[str, ...] = ("quic
                                                   Callable[[BenchContext], ClaimResult]]:
     """Register ``fn(ctx) -> ClaimResult`` as claim ``name`` in ``suites`` (it can always be run with ``--only``).
 
-    ``data`` names the data sets the claim reads (``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``).
+    ``data`` names the data sets the claim reads (names in :data:`pydeq.data.DATASETS`).
     """
     bad = [s for s in suites if s not in SUITES]
     if bad:
         raise ValueError(f"unknown suites {bad} for claim {name!r}; choose from {SUITES}.")
+    unknown = [d for d in data if d not in DATASETS]
+    if unknown:
+        raise ValueError(f"unknown data sets {unknown} for claim {name!r}; choose from {DATASETS}.")
 
     def register(fn: Callable[[BenchContext], ClaimResult]) -> Callable[[BenchContext], ClaimResult]:
         old = REGISTRY.get(name)

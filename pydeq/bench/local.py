@@ -36,7 +36,8 @@ from pydeq.bench.archives import (
     replace_folder,
     verify_idx,
 )
-from pydeq.data import CIFAR10_CLASSES, DOCS, IMAGE_SUFFIXES, DataMissingError, FolderOrTar, read_cifar_batch
+from pydeq.data import CIFAR10_CLASSES, DOCS, DataMissingError
+from pydeq.data_formats import IMAGE_SUFFIXES, FolderOrTar, read_cifar_batch
 
 __all__ = ["ACCEPTS", "check_cifar10", "install_copy"]
 

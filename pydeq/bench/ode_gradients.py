@@ -73,10 +73,9 @@ def _model(cfg: Config) -> tuple[object, object]:
 
 def _child(cfg: Config) -> dict:
     """Memory and time of one configuration, alone in its process (nothing else grew the heap first)."""
-    import statistics
-    import time
-
     import torch
+
+    from .timing import measure as measure_time  # this module's own measure() runs a configuration
 
     torch.set_num_threads(1)
     net, x = _model(cfg)
@@ -85,13 +84,9 @@ def _child(cfg: Config) -> dict:
     exact = _reset_peak()
     _train_step(cfg, net, x)
     peak = _rss_kib("VmHWM") if exact else None
-    times = []
-    for _ in range(cfg.repeats):
-        start = time.perf_counter()
-        _train_step(cfg, net, x)
-        times.append(time.perf_counter() - start)
+    seconds = measure_time(lambda: _train_step(cfg, net, x), repeats=cfg.repeats, warmup=0).median
     extra = None if peak is None or before is None else (peak - before) / 1024
-    return {**asdict(cfg), "peak_extra_mib": extra, "seconds": statistics.median(times)}
+    return {**asdict(cfg), "peak_extra_mib": extra, "seconds": seconds}
 
 
 def gradient_error(cfg: Config) -> float:

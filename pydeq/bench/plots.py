@@ -44,13 +44,13 @@ def _curves(ax: Any, by_method: dict[str, list[float | None]]) -> None:
 
 
 def _bars(ax: Any, by_method: dict[str, list[float | None]]) -> None:
-    import statistics
+    from pydeq.bench.timing import Timing
 
     names = list(by_method)
-    clean = [[v for v in by_method[m] if v is not None] or [float("nan")] for m in names]
-    medians = [statistics.median(v) for v in clean]
+    timings = [Timing(tuple(v for v in by_method[m] if v is not None) or (float("nan"),)) for m in names]
+    medians = [t.median for t in timings]
     ax.bar(names, medians, color=[f"C{i}" for i in range(len(names))], alpha=0.8)
-    ax.plot(names, [min(v) for v in clean], "ko", markersize=4, label="min")
+    ax.plot(names, [t.min for t in timings], "ko", markersize=4, label="min")
     for i, m in enumerate(medians):
         ax.annotate(f"{m:.3g}", (i, m), ha="center", va="bottom", fontsize=8)
     ax.grid(axis="y", alpha=0.3)

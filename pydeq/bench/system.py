@@ -6,12 +6,13 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from pydeq.bench.timing import measure
 
 __all__ = ["machine_info"]
 
@@ -57,15 +58,7 @@ def _matmul_gflops(device: torch.device, n: int = 512, repeats: int = 5) -> floa
     """A calibration: float32 n×n matmul throughput (best of ``repeats``), so runs on different machines compare."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first call warms up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
+    best = measure(lambda: a @ b, repeats=repeats, warmup=1, device=device).min
     return round(2 * n**3 / best / 1e9, 1)
 
 

@@ -20,8 +20,8 @@ Writes ``results.json``, ``detest.md`` (the tables) and ``detest_<class>.png`` (
 
 from __future__ import annotations
 
+import functools
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 import pydeq
+from pydeq.bench.timing import Timing, side_by_side, stopwatch
 
 from .problems import CLASSES, PROBLEMS, Problem
 
@@ -116,6 +117,13 @@ def _error(ys: np.ndarray, ref: np.ndarray) -> float:
     return float((np.abs(ys - ref) / np.maximum(1.0, np.abs(ref)))[:, 1:].max())
 
 
+def _timed_solve(name: str, p: Problem, y0: torch.Tensor, t: np.ndarray, tol: float) -> tuple[tuple, float]:
+    """Method ``name``'s ``(answer, nfe)`` on ``p`` at ``tol``, and the seconds it took."""
+    with stopwatch() as sw:
+        answer = METHODS[name][0](p, y0, t, tol)
+    return answer, sw.seconds
+
+
 def _measure(p: Problem, names: tuple[str, ...], y0: torch.Tensor, t: np.ndarray, ref: np.ndarray, repeats: int,
              quick: bool = False, tols: list[float] | None = None) -> dict[str, list[dict[str, float]]]:
     """Every method on ``p`` at its tolerances, timed side by side: at each tolerance the methods take turns
@@ -127,12 +135,11 @@ def _measure(p: Problem, names: tuple[str, ...], y0: torch.Tensor, t: np.ndarray
     best: dict[tuple[str, float], float] = {}
     answers: dict[tuple[str, float], tuple[np.ndarray, int]] = {}
     for tol, group in by_tol.items():
-        for _ in range(repeats):
-            for name in group:
-                start = time.perf_counter()
-                answers[name, tol] = METHODS[name][0](p, y0, t, tol)
-                elapsed = time.perf_counter() - start
-                best[name, tol] = min(best.get((name, tol), math.inf), elapsed)
+        runs = side_by_side({name: functools.partial(_timed_solve, name, p, y0, t, tol) for name in group},
+                            repeats=repeats, warmup=0)
+        for name, rs in runs.items():
+            answers[name, tol] = rs[-1][0]
+            best[name, tol] = Timing(tuple(seconds for _, seconds in rs)).min
     return {name: [{"tol": tol, "error": _error(answers[name, tol][0], ref), "nfe": answers[name, tol][1],
                     "seconds": best[name, tol]} for tol in by_tol if (name, tol) in best] for name in names}
 
