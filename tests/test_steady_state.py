@@ -117,7 +117,7 @@ def test_backprop_through_secant_euler_steps_matches_the_implicit_gradient():
     f = TanhCell()
     x = torch.randn(4, 3, dtype=D, requires_grad=True)
     grads = []
-    for adjoint in (pydeq.ImplicitAdjoint(linear_solver=pydeq.Direct()), pydeq.UnrolledAdjoint()):
+    for adjoint in (pydeq.ImplicitAdjoint(linear_solver=pydeq.Direct()), pydeq.DirectAdjoint()):
         sol = fp.fixed_point(f, x, torch.zeros(4, 5, dtype=D), solver=SteadyState(rtol=1e-12, atol=0.0),
                              adjoint=adjoint)
         assert sol.success

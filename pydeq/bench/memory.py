@@ -86,7 +86,7 @@ def _child(cfg: Config) -> dict:
         "implicit": pydeq.ImplicitAdjoint(linear_solver=pydeq.GMRES(rtol=1e-6, max_steps=30)),
         "phantom": pydeq.PhantomAdjoint(steps=5),
         "jfb": pydeq.JacobianFreeAdjoint(),
-        "unrolled": pydeq.UnrolledAdjoint(),
+        "unrolled": pydeq.DirectAdjoint(),
     }[cfg.adjoint]
     # atol/rtol far below float32 resolution: the solve always runs exactly `iters` steps
     solver = pydeq.FixedPointIteration(rtol=0.0, atol=1e-30, max_steps=cfg.iters)
