@@ -152,22 +152,17 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
         A :class:`Solution` whose ``z`` is each sample's best iterate.
     """
     batch = z0.shape[0]
-    device = z0.device
     if batch == 0:  # an empty shard: nothing to solve, and solvers size buffers from z0[0]
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        empty = torch.zeros(0, dtype=torch.int64, device=z0.device)
         return Solution(z=z0, residual=z0.new_zeros(0), status=empty, nfe=0, steps=empty,
                         trace=[] if trace else None)
     counted = CountedFn(fn)
     state = solver.init(counted, z0)
     res = solver.residual(state)
     check_norm_output(type(solver).__name__, res, batch)
-    status = torch.full((batch,), int(Status.MAX_STEPS), dtype=torch.int64, device=device)
-    steps = torch.zeros(batch, dtype=torch.int64, device=device)
-    finite = res < torch.inf  # False for NaN and Inf alike
-    done = finite & solver.converged(state, res)
-    status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(~finite, int(Status.NONFINITE))
-    active = finite & ~done
-    best_z, best_res = state.z, torch.where(finite, res, torch.inf)
+    status, active = _initial_status(solver, state, res)
+    steps = torch.zeros(batch, dtype=torch.int64, device=z0.device)
+    best_z, best_res = state.z, torch.where(res < torch.inf, res, torch.inf)
     stall = _StallClock(solver.stagnation, best_res)
     history = [res.detach().clone()] if trace else None
     # The loop keeps best_res <= res for every sample, so `res < best_res` is already False for frozen samples
@@ -196,21 +191,9 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
                 [better.sum(), done.sum(), stalled.sum(), res.sum()]).tolist()
             quiet = n_done == 0 and n_stalled == 0 and math.isfinite(total)
         if not quiet:
-            broken = ~(res < torch.inf)
-            if not everyone:
-                done, broken = done & active, broken & active
-            stalled = stalled & active & ~done & ~broken
-            status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(broken, int(Status.NONFINITE))
-            status.masked_fill_(stalled, int(Status.STAGNATED))
-            stopped = done | broken | stalled
-            steps.masked_fill_(stopped, it)
-            active = active ^ stopped
+            active = _record_stops(status, steps, active, done, res, stalled, it, everyone)
             n_better, n_active = torch.stack([better.sum(), active.sum()]).tolist()
-        if n_better == batch:  # every sample improved: the iterate is the best one
-            best_z, best_res = state.z, res
-        elif n_better:
-            best_z = freeze(better, state.z, best_z)
-            best_res = torch.where(better, res, best_res)
+        best_z, best_res = _keep_best(better, n_better, state.z, res, best_z, best_res)
         if trace:
             history.append(res.detach().clone())
     steps.masked_fill_(active, it)
@@ -218,6 +201,41 @@ def solve(solver: AbstractRootFinder, fn: Callable[[Tensor], Tensor], z0: Tensor
     best_res = torch.where(nonfinite & torch.isinf(best_res), torch.nan, best_res)
     return Solution(z=best_z, residual=best_res.detach(), status=status, nfe=counted.calls,
                     steps=steps, trace=history, extras=solver.postprocess(state))
+
+
+def _initial_status(solver: AbstractRootFinder, state: Any, res: Tensor) -> tuple[Tensor, Tensor]:
+    """Each sample's status before the first step (``SUCCESS`` if it starts converged, ``NONFINITE``, else
+    ``MAX_STEPS`` until it stops) and the mask of samples still to iterate."""
+    status = torch.full(res.shape, int(Status.MAX_STEPS), dtype=torch.int64, device=res.device)
+    finite = res < torch.inf  # False for NaN and Inf alike
+    done = finite & solver.converged(state, res)
+    status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(~finite, int(Status.NONFINITE))
+    return status, finite & ~done
+
+
+def _record_stops(status: Tensor, steps: Tensor, active: Tensor, done: Tensor, res: Tensor, stalled: Tensor,
+                  it: int, everyone: bool) -> Tensor:
+    """Mark (in place) the samples that stopped at step ``it`` (converged, non-finite, stagnated, in that order of
+    precedence) with their status and step count; return the mask of those still running."""
+    broken = ~(res < torch.inf)
+    if not everyone:
+        done, broken = done & active, broken & active
+    stalled = stalled & active & ~done & ~broken
+    status.masked_fill_(done, int(Status.SUCCESS)).masked_fill_(broken, int(Status.NONFINITE))
+    status.masked_fill_(stalled, int(Status.STAGNATED))
+    stopped = done | broken | stalled
+    steps.masked_fill_(stopped, it)
+    return active ^ stopped
+
+
+def _keep_best(better: Tensor, n_better: int, z: Tensor, res: Tensor, best_z: Tensor,
+               best_res: Tensor) -> tuple[Tensor, Tensor]:
+    """Each sample's best iterate and residual so far, selecting per sample only when the masks are mixed."""
+    if n_better == better.numel():  # every sample improved: the iterate is the best one
+        return z, res
+    if n_better:
+        return freeze(better, z, best_z), torch.where(better, res, best_res)
+    return best_z, best_res
 
 
 class _StallClock:
