@@ -100,6 +100,20 @@ def _select(suite: str, only: Sequence[str] | None, claims: dict[str, Claim]) ->
     return [c for c in claims.values() if suite in c.suites]
 
 
+def _new_results(suite: str, argv: Sequence[str] | None, device: torch.device, config: dict[str, Any]) -> dict:
+    """The results record of a run that has just started, with an errored entry per claim module that failed to
+    import."""
+    results: dict[str, Any] = {
+        "schema_version": 1, "tool": "pydeq bench", "suite": suite, "status": "running", "started_at": _now(),
+        "finished_at": None, "elapsed_s": 0.0, "argv": list(argv if argv is not None else sys.argv),
+        "config": config, "machine": machine_info(device), "claims": [], "counts": dict.fromkeys(STATUSES, 0),
+    }
+    for module, tb in _IMPORT_ERRORS.items():
+        broken = Claim(f"import:{module}", lambda ctx: ClaimResult(rows=[]), f"Claim module {module}", "", (), ())
+        results["claims"].append(_record(broken, "error", 0.0, error=tb))
+    return results
+
+
 def run_suite(suite: str, *, out_dir: str | Path, only: Sequence[str] | None = None, seed: int = 0,
               device: str | torch.device = "cpu", backend: str = "native", repeats: int | None = None,
               data_dir: str | Path | None = None, progress: bool = True, fetch: bool = True,
@@ -118,17 +132,10 @@ def run_suite(suite: str, *, out_dir: str | Path, only: Sequence[str] | None = N
     selected = _select(suite, only, available_claims())
     repeats = repeats or DEFAULT_REPEATS.get(suite, 5)
     start = time.perf_counter()
-    results: dict[str, Any] = {
-        "schema_version": 1, "tool": "pydeq bench", "suite": suite, "status": "running", "started_at": _now(),
-        "finished_at": None, "elapsed_s": 0.0, "argv": list(argv if argv is not None else sys.argv),
-        "config": {"seed": seed, "device": str(device), "backend": backend, "repeats": repeats,
-                   "data_dir": None if data_dir is None else str(data_dir), "out_dir": str(out_dir),
-                   "only": list(only) if only else None},
-        "machine": machine_info(device), "claims": [], "counts": dict.fromkeys(STATUSES, 0),
-    }
-    for module, tb in _IMPORT_ERRORS.items():
-        broken = Claim(f"import:{module}", lambda ctx: ClaimResult(rows=[]), f"Claim module {module}", "", (), ())
-        results["claims"].append(_record(broken, "error", 0.0, error=tb))
+    results = _new_results(suite, argv, device, {
+        "seed": seed, "device": str(device), "backend": backend, "repeats": repeats,
+        "data_dir": None if data_dir is None else str(data_dir), "out_dir": str(out_dir),
+        "only": list(only) if only else None})
 
     def save() -> None:
         results["elapsed_s"] = time.perf_counter() - start
