@@ -37,9 +37,10 @@ from torch import Tensor, nn
 
 import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, claim
-from pydeq.bench.claims._models import Backbone, Net, TorchDEQCore, build
+from pydeq.bench.claims._models import Backbone, Net, TorchDEQCore, build, train_nets
 from pydeq.bench.claims._paper import band_row, paper_table, ratio_band
 from pydeq.bench.claims._table1 import BATCH, CONFIGS, LR, TOL, WIDTH, DenseModel, dense_model, table1_solver
+from pydeq.bench.claims._training import mean, mnist
 from pydeq.bench.timing import Timing
 
 __all__ = ["PAPER_TABLE1", "QUICK_STEPS", "cdeq_table1", "train_table1"]
@@ -223,8 +224,6 @@ def _peer_backbone(model: DenseModel) -> Backbone:
 
 def _peers(ctx: BenchContext, train: tuple, test: tuple, steps: int) -> tuple[list[Row], dict[str, Any]]:
     """Discrete variants and TorchDEQ on the same f, from fresh reference weights, trained side by side."""
-    from pydeq.bench.claims.continuous import train_interleaved
-
     try:
         import torchdeq  # noqa: F401
     except ImportError:
@@ -247,16 +246,15 @@ def _peers(ctx: BenchContext, train: tuple, test: tuple, steps: int) -> tuple[li
     n = min(steps * BATCH, len(train[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pydeq.ConvergenceWarning)
-        run = train_interleaved(ctx, nets, (train[0][:n], train[1][:n]), (test[0][:CURVE_IMAGES],
-                                test[1][:CURVE_IMAGES]), epochs=1, batch=BATCH, desc="table 1 peers",
-                                optimizer=lambda p: torch.optim.Adam(p, lr=LR))
-    rows = []
+        run = train_nets(ctx, nets, (train[0][:n], train[1][:n]), (test[0][:CURVE_IMAGES], test[1][:CURVE_IMAGES]),
+                         epochs=1, batch=BATCH, desc="table 1 peers", optimizer=lambda p: torch.optim.Adam(p, lr=LR))
+    step_time, rows = run.timing("step"), []
     pairs = [("broyden", "vanilla", "discrete variant"), ("newton-krylov", "vanilla", "discrete variant"),
              *((("broyden", "torchdeq-broyden", "pydeq vs peer"),) if peers else ())]
     for mine, other, label in pairs:
-        nfe = {k: statistics.fmean(r["nfe_f"] for r in run["steps"][k]) for k in (mine, other)}
-        acc = {k: run["series"]["accuracy"][k][-1] for k in (mine, other)}
-        row = Row.speedup(mine, other, run["step_time"][mine], run["step_time"][other],
+        nfe = {k: mean(run.timed[k], "nfe") for k in (mine, other)}
+        acc = {k: run.epochs[k][-1]["test_accuracy"] for k in (mine, other)}
+        row = Row.speedup(mine, other, step_time[mine], step_time[other],
                           quantity=f"training step time ({label})", paper_figure="(peer comparison, no claim)",
                           at_least=1.0)
         rows.append(dataclasses.replace(
@@ -266,18 +264,12 @@ def _peers(ctx: BenchContext, train: tuple, test: tuple, steps: int) -> tuple[li
     return rows, {"peer_steps": n // BATCH, "peer_methods": list(nets)}
 
 
-def _mnist(ctx: BenchContext, n_train: int, n_test: int) -> tuple[tuple, tuple]:
-    x, y = ctx.data("mnist", "train", limit=n_train)
-    xt, yt = ctx.data("mnist", "test", limit=n_test)
-    return ((x - 0.1307) / 0.3081, y), ((xt - 0.1307) / 0.3081, yt)
-
-
 @claim("cdeq-table1", title="Pal et al. Table 1: MNIST dense continuous DEQs (Vanilla / Skip / Skip Reg, ± "
        "Jacobian regularisation)", paper=PAPER, data=("mnist",))
 def cdeq_table1(ctx: BenchContext) -> ClaimResult:
     full = ctx.suite == "paper"
     epochs, steps = ctx.scale(quick=1, paper=25), ctx.scale(quick=QUICK_STEPS, paper=None)
-    train, test = _mnist(ctx, ctx.scale(quick=QUICK_STEPS * BATCH, paper=60_000),
+    train, test = mnist(ctx, ctx.scale(quick=QUICK_STEPS * BATCH, paper=60_000),
                          ctx.scale(quick=1_000, paper=10_000))
     t0 = time.perf_counter()
     run = train_table1(ctx, train, test, epochs=epochs, steps=steps)
