@@ -20,6 +20,7 @@ copies in lock-step on the same batches (order rotated every step), so per-epoch
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, claim
-from pydeq.bench.timing import rotated_batches, stopwatch
+from pydeq.bench.claims._training import Stats, Trainee, accuracy, flatten, mnist, train_lockstep
 
 __all__ = ["homoode_claim", "saved_tensor_bytes", "matched_width"]
 
@@ -151,53 +152,38 @@ def _peak_memory(model: _Classifier, x: Tensor, y: Tensor) -> int:
     return saved_tensor_bytes(run, [*model.parameters(), x, y])
 
 
-def _step(model: _Classifier, opt: torch.optim.Optimizer, init_opt: torch.optim.Optimizer | None, x: Tensor,
-          y: Tensor, step: int) -> dict[str, float]:
-    opt.zero_grad(set_to_none=True)
-    with stopwatch() as sw:
-        logits, nfe = model(x)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
-        opt.step()
-        if init_opt is not None and step % INIT_EVERY == 0:
-            model.body.update_initial_point(init_opt)
-    return {"time": sw.seconds, "nfe": float(nfe), "loss": float(loss.detach())}
-
-
-@torch.no_grad()
-def _evaluate(model: _Classifier, x: Tensor, y: Tensor) -> tuple[float, float]:
+def _loss(model: _Classifier, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
     logits, nfe = model(x)
-    return float((logits.argmax(1) == y).float().mean()), float(nfe)
+    loss = F.cross_entropy(logits, y)
+    return loss, lambda: {"loss": float(loss.detach()), "nfe": float(nfe)}
 
 
-def _optimizers(model: _Classifier) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
-    if isinstance(model.body, pydeq.HomoODE) and model.body.shared_init:
-        main = [*model.body.main_parameters(), *model.head.parameters()]
-        return torch.optim.Adam(main, lr=LR), torch.optim.Adam(model.body.initial_point_parameters(), lr=INIT_LR)
-    return torch.optim.Adam(model.parameters(), lr=LR), None
+def _evaluate(model: _Classifier, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Accuracy and NFE of one forward over all of ``x``."""
+    nfe = []
+
+    def predict(xb: Tensor) -> Tensor:
+        logits, n = model(xb)
+        nfe.append(float(n))
+        return logits
+
+    return {"accuracy": accuracy(predict, x, y), "nfe": nfe[0]}
 
 
-def _train(ctx: BenchContext, models: dict[str, _Classifier], data: tuple[Tensor, ...], epochs: int,
-           batch: int) -> dict[str, dict[str, list[float]]]:
-    x, y, xt, yt = data
-    opts = {k: _optimizers(m) for k, m in models.items()}
-    kinds = ("time_per_epoch", "nfe_per_epoch", "test_nfe_per_epoch", "loss", "accuracy")
-    series: dict[str, dict[str, list[float]]] = {s: {k: [] for k in models} for s in kinds}
-    gen, names, steps = torch.Generator().manual_seed(ctx.seed), list(models), x.shape[0] // batch
-    for epoch in ctx.bar(range(epochs), desc="homoode: epochs"):
-        recs: dict[str, list[dict[str, float]]] = {k: [] for k in models}
-        bar = ctx.bar(range(steps), desc=f"homoode: epoch {epoch + 1}", unit="step")
-        for step, idx, order in rotated_batches(names, x.shape[0], batch, epoch, gen, bar):
-            for name in order:
-                recs[name].append(_step(models[name], *opts[name], x[idx], y[idx], step))
-        for name, r in recs.items():
-            acc, test_nfe = _evaluate(models[name], xt, yt)
-            series["time_per_epoch"][name].append(sum(v["time"] for v in r))
-            series["nfe_per_epoch"][name].append(sum(v["nfe"] for v in r) / len(r))
-            series["loss"][name].append(sum(v["loss"] for v in r) / len(r))
-            series["accuracy"][name].append(acc)
-            series["test_nfe_per_epoch"][name].append(test_nfe)
-    return series
+def _trainee(model: _Classifier, test: tuple[Tensor, Tensor]) -> Trainee:
+    """Adam on the model; with a shared initial point, Adam on the rest and every ``INIT_EVERY`` steps one step of
+    the initial point's own Adam."""
+    loss, evaluate = partial(_loss, model), partial(_evaluate, model, *test)
+    if not (isinstance(model.body, pydeq.HomoODE) and model.body.shared_init):
+        return Trainee(torch.optim.Adam(model.parameters(), lr=LR), loss, evaluate)
+    init = torch.optim.Adam(model.body.initial_point_parameters(), lr=INIT_LR)
+
+    def after_step(step: int) -> None:
+        if step % INIT_EVERY == 0:
+            model.body.update_initial_point(init)
+
+    main = [*model.body.main_parameters(), *model.head.parameters()]
+    return Trainee(torch.optim.Adam(main, lr=LR), loss, evaluate, after_step)
 
 
 def _torchdiffeq_row(ctx: BenchContext, model: _Classifier, x: Tensor, y: Tensor) -> Row | None:
@@ -245,18 +231,13 @@ def _torchdiffeq_row(ctx: BenchContext, model: _Classifier, x: Tensor, y: Tensor
                    "size (a batched call serves the samples still running), torchdiffeq the batch with one")
 
 
-def _flatten(x: Tensor) -> Tensor:
-    return ((F.avg_pool2d(x, 2) - 0.1307) / 0.3081).reshape(x.shape[0], -1)
-
-
 @claim("homoode", title="HomoODE vs DEQ, neural ODE and augmented neural ODE at a matched parameter budget",
        paper=PAPER, data=("mnist",))
 def homoode_claim(ctx: BenchContext) -> ClaimResult:
     n_train, n_test = ctx.scale(quick=2048, paper=20_000), ctx.scale(quick=1000, paper=10_000)
     epochs, batch = ctx.scale(quick=3, paper=10), ctx.scale(quick=64, paper=64)
-    x, y = ctx.data("mnist", "train", limit=n_train)
-    xt, yt = ctx.data("mnist", "test", limit=n_test)
-    x, xt, y, yt = _flatten(x).to(ctx.device), _flatten(xt).to(ctx.device), y.to(ctx.device), yt.to(ctx.device)
+    (x, y), (xt, yt) = mnist(ctx, n_train, n_test, prepare=partial(flatten, pool=2))
+    x, y, xt, yt = (t.to(ctx.device) for t in (x, y, xt, yt))
 
     torch.manual_seed(ctx.seed)
     homo = _build("homoode", HIDDEN).to(ctx.device)
@@ -276,7 +257,10 @@ def homoode_claim(ctx: BenchContext) -> ClaimResult:
 
     xb, yb = x[:batch], y[:batch]
     memory = {k: _peak_memory(m, xb, yb) for k, m in models.items()}  # at initialisation: before any training
-    series = _train(ctx, models, (x, y, xt, yt), epochs, batch)
+    run = train_lockstep(ctx, {k: _trainee(m, (xt, yt)) for k, m in models.items()}, (x, y), epochs=epochs,
+                         batch=batch, desc="homoode")
+    series = run.series(time_per_epoch="step", nfe_per_epoch="nfe", test_nfe_per_epoch="test_nfe", loss="loss",
+                        accuracy="test_accuracy")
     memory_end = {k: _peak_memory(m, xb, yb) for k, m in models.items()}
     series["saved_tensor_mib"] = {k: [memory[k] / 2**20, memory_end[k] / 2**20] for k in models}
     acc = {k: v[-1] for k, v in series["accuracy"].items()}
