@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from pydeq.bench.claim import BenchContext
 from pydeq.bench.claims._training import Run, Stats, Trainee, accuracy, train_lockstep
 
-__all__ = ["Backbone", "Net", "TorchDEQCore", "TorchdiffeqCore", "build", "conv_backbone", "mlp_backbone",
-           "multiscale_backbone", "train_nets"]
+__all__ = ["Backbone", "Net", "SpectralTanhCell", "TorchDEQCore", "TorchdiffeqCore", "build", "conv_backbone",
+           "mlp_backbone", "multiscale_backbone", "train_nets"]
 
 
 @dataclass
@@ -55,6 +55,26 @@ def mlp_backbone(width: int) -> Backbone:
     return Backbone(encoder=nn.Sequential(nn.Flatten(), nn.Linear(784, width)), f=_MLPCell(width),
                     head=nn.Linear(width, 10), init=nn.Sequential(nn.Linear(width, width), nn.Tanh()),
                     state_shape=(width,))
+
+
+class SpectralTanhCell(nn.Module):
+    """``f(z, inj) = tanh(W z + inj)`` with ``W = rho V / ||V||_2`` (spectral norm ``rho``, a contraction for
+    ``rho < 1``) and the injection ``inj = U x + b``: the dense DEQ of the efficient and HomoODE claims.
+
+    ``U, b`` start as ``nn.Linear``'s, then ``V`` as ``randn(d, d) / sqrt(d)`` drawn from ``generator`` (the global
+    generator if ``None``).
+    """
+
+    def __init__(self, d_in: int, d: int, *, rho: float, generator: torch.Generator | None = None):
+        super().__init__()
+        self.rho = rho
+        self.inj = nn.Linear(d_in, d)
+        self.V = nn.Parameter(torch.randn(d, d, generator=generator) / d**0.5)
+
+    def closure(self, x: Tensor) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor]:
+        """The map ``f(z, inj)`` and this batch's ``inj``; ``W`` is computed here, once a forward, not per step."""
+        W = self.rho * self.V / torch.linalg.matrix_norm(self.V, 2)
+        return (lambda z, inj: torch.tanh(z @ W.T + inj)), self.inj(x)
 
 
 class _ConvCell(nn.Module):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 
 import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, claim
+from pydeq.bench.claims._models import SpectralTanhCell
 from pydeq.bench.claims._training import Stats, Trainee, accuracy, flatten, mnist, train_lockstep
 from pydeq.bench.timing import Timing, stopwatch
 
@@ -46,26 +46,16 @@ class _MLPDEQ(nn.Module):
 
     def __init__(self, d_in: int, d: int, gen: torch.Generator):
         super().__init__()
-        self.inj = nn.Linear(d_in, d)
-        self.V = nn.Parameter(torch.randn(d, d, generator=gen) / d**0.5)
+        self.cell = SpectralTanhCell(d_in, d, rho=RHO, generator=gen)
         self.head = nn.Linear(d, 10)
         with torch.no_grad():
-            for p in (*self.inj.parameters(), *self.head.parameters()):
+            for p in (*self.cell.inj.parameters(), *self.head.parameters()):
                 p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5 * 0.5)
-
-    def cell(self, x: Tensor) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor]:
-        """The closure ``f(z, inj)`` (W computed once) and the injection ``inj`` for this batch."""
-        W = RHO * self.V / torch.linalg.matrix_norm(self.V, 2)
-
-        def f(z: Tensor, inj: Tensor) -> Tensor:
-            return torch.tanh(z @ W.T + inj)
-
-        return f, self.inj(x)
 
 
 def _pydeq_forward(model: _MLPDEQ, x: Tensor, adjoint: pydeq.AbstractAdjoint, *, rtol: float = FWD_RTOL,
                    max_steps: int = MAX_STEPS) -> tuple[Tensor, dict[str, float]]:
-    f, inj = model.cell(x)
+    f, inj = model.cell.closure(x)
     solver = pydeq.Broyden(rtol=rtol, atol=0.0, max_steps=max_steps, history=max_steps)
     sol = pydeq.fixed_point(f, inj, torch.zeros_like(inj), solver=solver, adjoint=adjoint, on_failure="return")
     return model.head(sol.z), {"nfe": float(sol.nfe), "sol": sol}
@@ -76,7 +66,7 @@ def _torchdeq_forward(model: _MLPDEQ, x: Tensor) -> tuple[Tensor, dict[str, Any]
 
     deq = get_deq(f_solver="broyden", f_max_iter=MAX_STEPS, f_tol=FWD_RTOL, f_stop_mode="rel",
                   b_solver="broyden", b_max_iter=MAX_STEPS, b_tol=BWD_RTOL, b_stop_mode="rel", ift=True, hook_ift=True)
-    f, inj = model.cell(x)
+    f, inj = model.cell.closure(x)
     z_out, info = deq(lambda z: f(z, inj), torch.zeros_like(inj))
     return model.head(z_out[-1]), {"nfe": float(info["nstep"].max())}
 

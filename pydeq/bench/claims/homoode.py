@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, claim
+from pydeq.bench.claims._models import SpectralTanhCell
 from pydeq.bench.claims._training import Stats, Trainee, accuracy, flatten, mnist, train_lockstep
 
 __all__ = ["homoode_claim", "saved_tensor_bytes", "matched_width"]
@@ -61,16 +62,6 @@ class _FieldMLP(nn.Module):
         return self.l2(torch.tanh(self.l1(u)))
 
 
-class _DEQCell(nn.Module):
-    def __init__(self, d: int, d_in: int):
-        super().__init__()
-        self.inj, self.V = nn.Linear(d_in, d), nn.Parameter(torch.randn(d, d) / d**0.5)
-
-    def closure(self, x: Tensor) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor]:
-        W = RHO * self.V / torch.linalg.matrix_norm(self.V, 2)  # once per forward, not per iteration
-        return (lambda z, inj: torch.tanh(z @ W.T + inj)), self.inj(x)
-
-
 class _Classifier(nn.Module):
     """A body returning ``(features, nfe)`` and a linear head."""
 
@@ -96,7 +87,7 @@ def _ode_solver() -> pydeq.Dopri5:
 def _build(kind: str, width: int) -> _Classifier:
     """``width`` is the hidden width of the field (the state size for the DEQ)."""
     if kind == "deq":
-        return _Classifier(kind, _DEQCell(width, D_IN), width)
+        return _Classifier(kind, SpectralTanhCell(D_IN, width, rho=RHO), width)
     if kind in ("homoode", "homoode-z0=0"):
         body = pydeq.HomoODE(_CondMLP(STATE, D_IN, width), (STATE,), shared_init=kind == "homoode",
                              init_dim=INIT_DIM, solver=_ode_solver(), on_failure="return")
@@ -158,16 +149,11 @@ def _loss(model: _Classifier, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
     return loss, lambda: {"loss": float(loss.detach()), "nfe": float(nfe)}
 
 
+@torch.no_grad()
 def _evaluate(model: _Classifier, x: Tensor, y: Tensor) -> dict[str, float]:
     """Accuracy and NFE of one forward over all of ``x``."""
-    nfe = []
-
-    def predict(xb: Tensor) -> Tensor:
-        logits, n = model(xb)
-        nfe.append(float(n))
-        return logits
-
-    return {"accuracy": accuracy(predict, x, y), "nfe": nfe[0]}
+    logits, nfe = model(x)
+    return {"accuracy": accuracy(lambda _: logits, x, y), "nfe": float(nfe)}
 
 
 def _trainee(model: _Classifier, test: tuple[Tensor, Tensor]) -> Trainee:
