@@ -110,9 +110,10 @@ def test_missing_peer_skips_with_advice(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_rows_between_capped_solves_give_no_verdict() -> None:
     from pydeq.bench import Row, Timing
+    from pydeq.bench.claims._training import Run
 
-    step = {"unconverged": 1.0, "nfe_f": 300, "nfe_b": 21}
-    run = {"steps": {"skip-cdeq": [step], "cdeq": [step], "node": [dict(step, unconverged=0.0)]}}
+    step = {"unconverged": 1.0, "nfe": 300, "nfe_backward": 21}
+    run = Run(steps={"skip-cdeq": [step], "cdeq": [step], "node": [dict(step, unconverged=0.0)]}, epochs={})
     fast, slow = Timing((1.0,)), Timing((2.0,))
     row = Row.speedup("skip-cdeq", "cdeq", fast, slow, quantity="t", paper_figure="1.11–3.19×", at_least=1.11)
     capped = continuous._capped(run, row)

@@ -67,10 +67,13 @@ def test_width_row_blames_the_map_only_when_its_spectrum_changes():
 
 
 def test_table1_pipeline_runs_one_step_of_every_model():
+    from pydeq.bench import BenchContext
+
     g = torch.Generator().manual_seed(0)
     train = (torch.rand(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g))
     test = (torch.rand(20, 784, generator=g), torch.randint(0, 10, (20,), generator=g))
-    results = {c: mnist_depth.train_and_measure(c, train, test, steps=2) for c in mnist_depth.CONFIGS}
+    ctx = BenchContext(suite="quick", progress=False, fetch=False)
+    results = {c: mnist_depth.train_and_measure(ctx, c, train, test, steps=2) for c in mnist_depth.CONFIGS}
     for config, r in results.items():
         assert 0.0 <= r["train_converged"] <= 1.0 and r["test_depth"] >= 0 and r["test_depth_max_norm"] >= 0
         assert r["params"] == (118_282 + 16_512 if config.startswith("skip-") or config == "skip" else 118_282)

@@ -5,21 +5,25 @@ the state shape, the head (state -> logits) and the Skip DEQ initial-state netwo
 it (so every method starts from the same weights) and puts one *core* between encoder and head: a pydeq layer
 (``DEQ``, ``SkipDEQ``, ``SkipRegDEQ``, ``NeuralODE``) or a peer (torchdiffeq ``odeint``/``odeint_adjoint``,
 TorchDEQ ``get_deq``) on the same ``f``. Calls of ``f`` are counted with a forward hook, so the NFE of pydeq and
-of the peers are counted the same way.
+of the peers are counted the same way. :func:`train_nets` trains such nets side by side.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Backbone", "Net", "TorchDEQCore", "TorchdiffeqCore", "build", "conv_backbone", "mlp_backbone",
-           "multiscale_backbone"]
+from pydeq.bench.claim import BenchContext
+from pydeq.bench.claims._training import Run, Stats, Trainee, accuracy, train_lockstep
+
+__all__ = ["Backbone", "Net", "SpectralTanhCell", "TorchDEQCore", "TorchdiffeqCore", "build", "conv_backbone",
+           "mlp_backbone", "multiscale_backbone", "train_nets"]
 
 
 @dataclass
@@ -51,6 +55,26 @@ def mlp_backbone(width: int) -> Backbone:
     return Backbone(encoder=nn.Sequential(nn.Flatten(), nn.Linear(784, width)), f=_MLPCell(width),
                     head=nn.Linear(width, 10), init=nn.Sequential(nn.Linear(width, width), nn.Tanh()),
                     state_shape=(width,))
+
+
+class SpectralTanhCell(nn.Module):
+    """``f(z, inj) = tanh(W z + inj)`` with ``W = rho V / ||V||_2`` (spectral norm ``rho``, a contraction for
+    ``rho < 1``) and the injection ``inj = U x + b``: the dense DEQ of the efficient and HomoODE claims.
+
+    ``U, b`` start as ``nn.Linear``'s, then ``V`` as ``randn(d, d) / sqrt(d)`` drawn from ``generator`` (the global
+    generator if ``None``).
+    """
+
+    def __init__(self, d_in: int, d: int, *, rho: float, generator: torch.Generator | None = None):
+        super().__init__()
+        self.rho = rho
+        self.inj = nn.Linear(d_in, d)
+        self.V = nn.Parameter(torch.randn(d, d, generator=generator) / d**0.5)
+
+    def closure(self, x: Tensor) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor]:
+        """The map ``f(z, inj)`` and this batch's ``inj``; ``W`` is computed here, once a forward, not per step."""
+        W = self.rho * self.V / torch.linalg.matrix_norm(self.V, 2)
+        return (lambda z, inj: torch.tanh(z @ W.T + inj)), self.inj(x)
 
 
 class _ConvCell(nn.Module):
@@ -183,8 +207,51 @@ class Net(nn.Module):
         sol = getattr(self.core, "last_solution", None)
         return float(sol.backward.nfe) if sol is not None else float("nan")
 
+    def loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Stats]:
+        """Cross-entropy plus :meth:`aux_loss`, and the step's numbers once it is done: the cross-entropy
+        (``loss``), calls of ``f`` in the forward (``nfe``) and in the backward (``nfe_backward``: calls made by
+        ``backward()`` plus pydeq's backward VJPs; TorchDEQ's are not counted), and the fraction of samples that
+        missed the tolerance (``unconverged``; ``None`` for peers, which keep no solution)."""
+        calls = self.calls
+        ce = nn.functional.cross_entropy(self(images), labels)
+        aux = self.aux_loss()
+        forward = self.calls - calls
+
+        def stats() -> dict[str, Any]:
+            vjps, sol = self.backward_vjps(), getattr(self.core, "last_solution", None)
+            return {"loss": float(ce.detach()), "nfe": forward,
+                    "nfe_backward": (self.calls - calls - forward) + (0.0 if math.isnan(vjps) else vjps),
+                    "unconverged": float((~sol.converged).float().mean()) if sol is not None else None}
+
+        return (ce if aux is None else ce + aux), stats
+
+    def evaluate(self, images: Tensor, labels: Tensor, *, batch: int) -> dict[str, float]:
+        """Accuracy on ``images`` in eval mode, ``batch`` at a time, and the mean calls of ``f`` per batch."""
+        self.eval()
+        calls = self.calls
+        hits = accuracy(self, images, labels, batch=batch)
+        self.train()
+        return {"accuracy": hits, "nfe": (self.calls - calls) / max(math.ceil(len(images) / batch), 1)}
+
 
 def build(backbone: Backbone, make_core: Callable[[Backbone], nn.Module], *, skip_weight: float = 0.0) -> Net:
     """A :class:`Net` on a deep copy of ``backbone`` (same initial weights for every method)."""
     parts = copy.deepcopy(backbone)
     return Net(parts, make_core(parts), skip_weight=skip_weight)
+
+
+def train_nets(ctx: BenchContext, nets: dict[str, Net], train: tuple[Tensor, Tensor],
+               test: tuple[Tensor, Tensor] | None, *, epochs: int, batch: int,
+               optimizer: Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer], desc: str) -> Run:
+    """Train ``nets`` lock-step (:func:`~pydeq.bench.claims._training.train_lockstep`) on :meth:`Net.loss`, each
+    with ``optimizer(parameters)``, measuring :meth:`Net.evaluate` on ``test`` after each epoch (if given).
+
+    The nets run in the mapping's order every step, not rotated: a multiscale ``f`` draws its dropout masks from
+    the global generator, so the order decides which net gets which mask.
+    """
+    if test is not None:
+        test = (test[0].to(ctx.device), test[1].to(ctx.device))
+    trainees = {k: Trainee(optimizer(n.parameters()), n.loss,
+                           None if test is None else lambda n=n: n.evaluate(*test, batch=batch))
+                for k, n in nets.items()}
+    return train_lockstep(ctx, trainees, train, epochs=epochs, batch=batch, rotate=False, desc=desc)

@@ -8,17 +8,23 @@ Two cells: :class:`InjectedCell` ``tanh(W z + b + x)`` (the depth claim's) and :
 ``tanh(U z) + tanh(V x)`` with a ``tanh`` encoder — the reference script's model
 (DeepEquilibriumNetworks.jl, ``experiments/mnist/mnist_fc.jl``: ``Parallel(+, Dense(128, 128, tanh; bias=false),
 Dense(128, 128, tanh; bias=false))`` after ``Dense(784, 128, tanh)``), whose parameter counts are checked against
-the paper's 138K / 151K.
+the paper's 138K / 151K. :class:`DenseModel` holds the three parts with the loss and the test measurements both
+claims use.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import pydeq
+from pydeq.bench.claims._training import Stats, accuracy
 
 __all__ = ["BATCH", "CONFIGS", "JAC_WEIGHT", "LR", "PAPER_DEPTH", "SKIP_WEIGHT", "TOL", "WIDTH", "DenseModel",
            "InjectedCell", "ParallelCell", "dense_model", "table1_solver"]
@@ -66,6 +72,43 @@ class DenseModel:
     def train(self, mode: bool = True) -> None:
         for part in (self.encoder, self.deq, self.head):
             part.train(mode)
+
+    def to(self, device: torch.device | str) -> DenseModel:
+        for part in (self.encoder, self.deq, self.head):
+            part.to(device)
+        return self
+
+    def loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Stats]:
+        """Cross-entropy plus the DEQ's ``aux_loss()`` (Skip, Jacobian), and the step's numbers once it is done:
+        that loss, the f calls (``nfe``), the mean solver steps (``depth``) and fraction converged per sample."""
+        z, sol = self.deq(self.encoder(images), return_solution=True)
+        loss = F.cross_entropy(self.head(z), labels) + self.deq.aux_loss()
+        return loss, lambda: {"loss": float(loss.detach()), "nfe": float(sol.nfe),
+                              "depth": float(sol.steps.double().mean()),
+                              "converged": float(sol.converged.double().mean())}
+
+    def evaluate(self, images: Tensor, labels: Tensor, *, batch: int = BATCH) -> dict[str, float]:
+        """In eval mode, ``batch`` images at a time: the accuracy, the mean f calls per batch (``nfe``), the mean
+        solver steps (``depth``) and fraction converged per sample, and the median seconds per batch
+        (``predict_s``)."""
+        per_batch: list[dict[str, Any]] = []
+
+        def predict(x: Tensor) -> Tensor:
+            t0 = time.perf_counter()
+            z, sol = self.deq(self.encoder(x), return_solution=True)
+            logits = self.head(z)
+            per_batch.append({"s": time.perf_counter() - t0, "nfe": sol.nfe, "depth": float(sol.steps.double().sum()),
+                              "converged": int(sol.converged.sum())})
+            return logits
+
+        self.train(False)
+        hits = accuracy(predict, images, labels, batch=batch)
+        self.train(True)
+        n = len(images)
+        return {"accuracy": hits, "nfe": statistics.fmean(b["nfe"] for b in per_batch),
+                "depth": sum(b["depth"] for b in per_batch) / n,
+                "converged": sum(b["converged"] for b in per_batch) / n,
+                "predict_s": statistics.median(b["s"] for b in per_batch)}
 
 
 def table1_solver(max_steps: int = 50) -> pydeq.SteadyState:

@@ -35,15 +35,14 @@ Superseded: the paper's 2–4× / 4.7–6.2× figures come from CIFAR-10 multisc
 trained with a continuous adjoint (its Table 2), and its MNIST table has no neural-ODE row, so these three claims
 held MNIST models against figures the paper did not measure on them. ``cdeq-table1`` and ``cdeq-table2``
 (:mod:`pydeq.bench.claims.table1`, :mod:`pydeq.bench.claims.table2`) reproduce the tables as the paper ran them;
-these claims are no longer in any suite (run them with ``--only``), and their training loop serves Table 2.
+these claims are no longer in any suite (run them with ``--only``). Training is the claims' one lock-step loop
+(:func:`pydeq.bench.claims._models.train_nets`), which Table 2 and Table 1's peer rows share.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -76,10 +75,11 @@ from pydeq.bench.claims._models import (
     conv_backbone,
     mlp_backbone,
     multiscale_backbone,
+    train_nets,
 )
-from pydeq.bench.timing import Timing
+from pydeq.bench.claims._training import CIFAR_MEAN, CIFAR_STD, Run, mean, mnist, standardise
 
-__all__ = ["cdeq_conv_mnist", "cdeq_mlp_mnist", "cdeq_multiscale_cifar", "make_methods", "train_interleaved"]
+__all__ = ["cdeq_conv_mnist", "cdeq_mlp_mnist", "cdeq_multiscale_cifar", "make_methods"]
 
 PAPER = "Pal, Edelman & Rackauckas (2022), arXiv 2201.12240"
 METHODS = ("cdeq", "skip-cdeq", "skipreg-cdeq", "node", "broyden", "newton-krylov", "node-backsolve", "torchdiffeq",
@@ -116,91 +116,16 @@ def make_methods(backbone: Backbone, *, tol: float, skip_weight: float,
             if only is None or name in only}
 
 
-def _accuracy(net: Net, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
-    net.eval()
-    with torch.no_grad():
-        hits = sum(int((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
-    net.train()
-    return hits / max(len(x), 1)
+def _nfe(run: Run, name: str) -> tuple[float | None, float | None]:
+    return mean(run.timed[name], "nfe"), mean(run.timed[name], "nfe_backward")
 
 
-def _timed_step(net: Net, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> dict[str, float]:
-    """One training step with the collector paused; wall times of the whole step and of ``backward()``."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        t0 = time.perf_counter()
-        calls0 = net.calls
-        loss = nn.functional.cross_entropy(net(xb), yb)
-        aux = net.aux_loss()
-        total = loss if aux is None else loss + aux
-        calls1 = net.calls
-        opt.zero_grad(set_to_none=True)
-        t1 = time.perf_counter()
-        total.backward()
-        t2 = time.perf_counter()
-        opt.step()
-        t3 = time.perf_counter()
-    finally:
-        if enabled:
-            gc.enable()
-    sol = getattr(net.core, "last_solution", None)  # peers keep none: their convergence is not counted (None)
-    unconverged = float((~sol.converged).float().mean()) if sol is not None else None
-    return {"step": t3 - t0, "backward": t2 - t1, "loss": float(loss.detach()), "nfe_f": calls1 - calls0,
-            "nfe_b": (net.calls - calls1) + (0.0 if math.isnan(net.backward_vjps()) else net.backward_vjps()),
-            "unconverged": unconverged}
-
-
-def train_interleaved(ctx: BenchContext, nets: dict[str, Net], train: tuple, test: tuple, *, epochs: int,
-                      batch: int, lr: float = 1e-3, desc: str,
-                      optimizer: Callable[[Any], torch.optim.Optimizer] | None = None) -> dict[str, Any]:
-    """Train every net on the same batches, one step each in turn; per-step records and per-epoch series.
-
-    The first step of each net is a warm-up (trained on, not timed). ``optimizer(params)`` builds each net's
-    optimiser (default ``AdamW(params, lr=lr)``).
-    """
-    x, y = train
-    make_opt = optimizer or (lambda params: torch.optim.AdamW(params, lr=lr))
-    opts = {k: make_opt(n.parameters()) for k, n in nets.items()}
-    gen = torch.Generator().manual_seed(ctx.seed)
-    steps: dict[str, list[dict[str, float]]] = {k: [] for k in nets}
-    series: dict[str, dict[str, list[float]]] = {k: {m: [] for m in nets} for k in
-                                                 ("time_per_epoch", "nfe_per_epoch", "nfe_backward_per_epoch",
-                                                  "accuracy", "loss")}
-    n_batches = max(len(x) // batch, 1)
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        first = {k: len(v) for k, v in steps.items()}
-        for i in ctx.bar(range(n_batches), desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="step"):
-            idx = order[i * batch:(i + 1) * batch]
-            xb, yb = x[idx].to(ctx.device), y[idx].to(ctx.device)
-            for name, net in nets.items():
-                steps[name].append(_timed_step(net, opts[name], xb, yb))
-        for name, net in nets.items():
-            ep = steps[name][first[name]:]
-            series["time_per_epoch"][name].append(sum(r["step"] for r in ep))
-            series["nfe_per_epoch"][name].append(statistics.fmean(r["nfe_f"] for r in ep))
-            series["nfe_backward_per_epoch"][name].append(statistics.fmean(r["nfe_b"] for r in ep))
-            series["loss"][name].append(statistics.fmean(r["loss"] for r in ep))
-            series["accuracy"][name].append(_accuracy(net, test[0].to(ctx.device), test[1].to(ctx.device), batch))
-    timed = {k: v[1:] if len(v) > 1 else v for k, v in steps.items()}
-    return {"steps": timed, "series": series,
-            "step_time": {k: Timing(tuple(r["step"] for r in v)) for k, v in timed.items()},
-            "backward_time": {k: Timing(tuple(r["backward"] for r in v)) for k, v in timed.items()}}
-
-
-def _nfe(run: dict[str, Any], name: str) -> tuple[float, float]:
-    recs = run["steps"][name]
-    return statistics.fmean(r["nfe_f"] for r in recs), statistics.fmean(r["nfe_b"] for r in recs)
-
-
-def _unconverged(run: dict[str, Any], name: str) -> float | None:
+def _unconverged(run: Run, name: str) -> float | None:
     """Mean fraction of samples that missed the tolerance per step; ``None`` for peers (not recorded)."""
-    values = [r["unconverged"] for r in run["steps"][name] if r["unconverged"] is not None]
-    return statistics.fmean(values) if values else None
+    return mean(run.timed[name], "unconverged")
 
 
-def _nfe_text(run: dict[str, Any], *names: str) -> str:
+def _nfe_text(run: Run, *names: str) -> str:
     def one(name: str) -> str:
         fwd, bwd = _nfe(run, name)
         missed = _unconverged(run, name) or 0.0
@@ -213,8 +138,8 @@ def _informational(row: Row, why: str) -> Row:
     return dataclasses.replace(row, held=None, target=None, why=why)
 
 
-def _accuracy_row(run: dict[str, Any], method: str, peer: str, n_test: int) -> Row:
-    a, b = run["series"]["accuracy"][method][-1], run["series"]["accuracy"][peer][-1]
+def _accuracy_row(run: Run, method: str, peer: str, n_test: int) -> Row:
+    a, b = run.epochs[method][-1]["test_accuracy"], run.epochs[peer][-1]["test_accuracy"]
     gap = 100 * (a - b)
     se = 100 * math.sqrt(max(b * (1 - b), 1e-12) / max(n_test, 1))
     held = gap >= -1.0
@@ -225,7 +150,7 @@ def _accuracy_row(run: dict[str, Any], method: str, peer: str, n_test: int) -> R
                paper_figure="within about a point", measured_figure=f"{gap:+.1f} points", held=held, why=why)
 
 
-def _capped(run: dict[str, Any], row: Row) -> Row:
+def _capped(run: Run, row: Row) -> Row:
     """A speed-up between solves that mostly stopped at ``max_steps`` times the cap, not the method: no verdict."""
     capped = [n for n in (row.method, row.peer) if (_unconverged(run, n) or 0.0) >= 0.5]
     if not capped or row.held is None:
@@ -234,8 +159,8 @@ def _capped(run: dict[str, Any], row: Row) -> Row:
                                f"before the tolerance, so the times compare capped solves; {row.why}")
 
 
-def _rows(run: dict[str, Any], tol: float, n_test: int) -> list[Row]:
-    st, bw = run["step_time"], run["backward_time"]
+def _rows(run: Run, tol: float, n_test: int) -> list[Row]:
+    st, bw = run.timing("step"), run.timing("backward")
     nfe_why = f"at tol {tol:g}: " + _nfe_text(run, "cdeq", "node")
     rows = [
         Row.speedup("cdeq", "node", st["cdeq"], st["node"], quantity="training step time",
@@ -278,10 +203,12 @@ def _run_claim(ctx: BenchContext, *, model: str, backbone: Backbone, train: tupl
                                                                      only=only).items()}
     nets = route_methods(ctx, nets)  # --backend julia: the DEQ methods the spec language can express
     t0 = time.perf_counter()
-    run = train_interleaved(ctx, nets, train, test, epochs=epochs, batch=batch, desc=model)
-    series = dict(run["series"])
-    series["backward_time"] = {k: list(v.samples) for k, v in run["backward_time"].items()}
-    unconverged = {k: _unconverged(run, k) for k in run["steps"]}
+    run = train_nets(ctx, nets, train, test, epochs=epochs, batch=batch, desc=model,
+                     optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
+    series = run.series(time_per_epoch="step", nfe_per_epoch="nfe", nfe_backward_per_epoch="nfe_backward",
+                        accuracy="test_accuracy", loss="loss")
+    series["backward_time"] = {k: list(v.samples) for k, v in run.timing("backward").items()}
+    unconverged = {k: _unconverged(run, k) for k in run.steps}
     rows = _rows(run, tol, len(test[0]))
     held = sum(r.held is True for r in rows)
     judged = sum(r.held is not None for r in rows)
@@ -302,16 +229,6 @@ def _run_claim(ctx: BenchContext, *, model: str, backbone: Backbone, train: tupl
                "regularisation (the paper's MNIST runs used weight 1.0), no pretraining."))
 
 
-def _normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    return (x - mean) / std
-
-
-def _mnist(ctx: BenchContext, n_train: int, n_test: int) -> tuple[tuple, tuple]:
-    x, y = ctx.data("mnist", "train", limit=n_train)
-    xt, yt = ctx.data("mnist", "test", limit=n_test)
-    return (_normalise(x, 0.1307, 0.3081), y), (_normalise(xt, 0.1307, 0.3081), yt)
-
-
 @claim("cdeq-mlp-mnist", suites=(),  # superseded by cdeq-table1 / cdeq-table2
        title="Continuous vs Skip / Skip Reg / discrete DEQ vs neural ODE: dense DEQ on MNIST",
        paper=PAPER, data=("mnist",))
@@ -320,7 +237,7 @@ def cdeq_mlp_mnist(ctx: BenchContext) -> ClaimResult:
     torch.manual_seed(ctx.seed)
     # paper: 20,000 images x 3 epochs (about 10 minutes on one core); 5 epochs took 18 minutes, too much of the
     # suite's hour
-    train, test = _mnist(ctx, ctx.scale(quick=2_000, paper=20_000), ctx.scale(quick=1_000, paper=10_000))
+    train, test = mnist(ctx, ctx.scale(quick=2_000, paper=20_000), ctx.scale(quick=1_000, paper=10_000))
     return _run_claim(ctx, model="mlp-mnist", backbone=mlp_backbone(width), train=train, test=test, tol=tol,
                       skip_weight=5.0, epochs=ctx.scale(quick=2, paper=3), batch=ctx.scale(quick=100, paper=32),
                       setup={"model": "f(z, x) = tanh(W z + x), x = U vec(image) + b", "width": width})
@@ -335,7 +252,7 @@ def cdeq_conv_mnist(ctx: BenchContext) -> ClaimResult:
     # paper: 1,600 images x 2 epochs, 320 test images (about 22 minutes on one core). At 16 channels and tol 5e-3
     # one step of all ten methods takes 10-12 s (Newton-Krylov half of it) and evaluating a batch of 32 ~6 s, so
     # the former 10,000 images x 3 epochs would take hours
-    train, test = _mnist(ctx, ctx.scale(quick=400, paper=1_600), ctx.scale(quick=300, paper=320))
+    train, test = mnist(ctx, ctx.scale(quick=400, paper=1_600), ctx.scale(quick=300, paper=320))
     # quick: Newton-Krylov left out (on this cell it exhausts its 10 Newton steps, ~200 NFE of forward-mode JVPs,
     # about 40 s); the MLP claim and the paper suite report it
     only = ctx.scale(quick=tuple(m for m in METHODS if m != "newton-krylov"), paper=None)
@@ -359,7 +276,6 @@ def cdeq_multiscale_cifar(ctx: BenchContext) -> ClaimResult:
         backbone = multiscale_backbone(channels)
     except ImportError as e:
         raise SkipClaim(f"pydeq.nn.multiscale is not available: {e}") from e
-    mean, std = torch.tensor([0.49, 0.48, 0.45])[:, None, None], torch.tensor([0.25, 0.24, 0.26])[:, None, None]
     # paper: 96 images x 2 epochs at batch 8, 32 test images (about 10 minutes on one core: ~20-25 s per step of
     # all ten methods, ~15 s to evaluate a batch of 8)
     x, y = ctx.data("cifar10", "train", limit=ctx.scale(quick=24, paper=96))
@@ -368,8 +284,9 @@ def cdeq_multiscale_cifar(ctx: BenchContext) -> ClaimResult:
     # neural ODEs are left out to stay in the time budget; the paper suite runs every method
     only = ctx.scale(quick=("cdeq", "skip-cdeq", "skipreg-cdeq", "node", "broyden", "torchdiffeq",
                             "torchdeq-broyden"), paper=None)
-    return _run_claim(ctx, model="multiscale-cifar", backbone=backbone, train=(_normalise(x, mean, std), y),
-                      test=(_normalise(xt, mean, std), yt), tol=tol, skip_weight=0.01,
-                      epochs=ctx.scale(quick=1, paper=2), batch=ctx.scale(quick=8, paper=8), only=only,
+    train, test = (standardise(x, CIFAR_MEAN, CIFAR_STD), y), (standardise(xt, CIFAR_MEAN, CIFAR_STD), yt)
+    return _run_claim(ctx, model="multiscale-cifar", backbone=backbone, train=train, test=test, tol=tol,
+                      skip_weight=0.01, epochs=ctx.scale(quick=1, paper=2), batch=ctx.scale(quick=8, paper=8),
+                      only=only,
                       setup={"model": "2-branch multiscale DEQ (pydeq.nn.multiscale parts)", "channels": channels,
                              "data_note": "CIFAR-10 JPEG re-encoding: relative comparisons only"})

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,7 +31,9 @@ from torch import Tensor, nn
 
 import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, claim
-from pydeq.bench.timing import Timing, rotated_batches, stopwatch
+from pydeq.bench.claims._models import SpectralTanhCell
+from pydeq.bench.claims._training import Stats, Trainee, accuracy, flatten, mnist, train_lockstep
+from pydeq.bench.timing import Timing, stopwatch
 
 __all__ = ["efficient_broyden_reuse"]
 
@@ -44,26 +46,16 @@ class _MLPDEQ(nn.Module):
 
     def __init__(self, d_in: int, d: int, gen: torch.Generator):
         super().__init__()
-        self.inj = nn.Linear(d_in, d)
-        self.V = nn.Parameter(torch.randn(d, d, generator=gen) / d**0.5)
+        self.cell = SpectralTanhCell(d_in, d, rho=RHO, generator=gen)
         self.head = nn.Linear(d, 10)
         with torch.no_grad():
-            for p in (*self.inj.parameters(), *self.head.parameters()):
+            for p in (*self.cell.inj.parameters(), *self.head.parameters()):
                 p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5 * 0.5)
-
-    def cell(self, x: Tensor) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor]:
-        """The closure ``f(z, inj)`` (W computed once) and the injection ``inj`` for this batch."""
-        W = RHO * self.V / torch.linalg.matrix_norm(self.V, 2)
-
-        def f(z: Tensor, inj: Tensor) -> Tensor:
-            return torch.tanh(z @ W.T + inj)
-
-        return f, self.inj(x)
 
 
 def _pydeq_forward(model: _MLPDEQ, x: Tensor, adjoint: pydeq.AbstractAdjoint, *, rtol: float = FWD_RTOL,
                    max_steps: int = MAX_STEPS) -> tuple[Tensor, dict[str, float]]:
-    f, inj = model.cell(x)
+    f, inj = model.cell.closure(x)
     solver = pydeq.Broyden(rtol=rtol, atol=0.0, max_steps=max_steps, history=max_steps)
     sol = pydeq.fixed_point(f, inj, torch.zeros_like(inj), solver=solver, adjoint=adjoint, on_failure="return")
     return model.head(sol.z), {"nfe": float(sol.nfe), "sol": sol}
@@ -74,7 +66,7 @@ def _torchdeq_forward(model: _MLPDEQ, x: Tensor) -> tuple[Tensor, dict[str, Any]
 
     deq = get_deq(f_solver="broyden", f_max_iter=MAX_STEPS, f_tol=FWD_RTOL, f_stop_mode="rel",
                   b_solver="broyden", b_max_iter=MAX_STEPS, b_tol=BWD_RTOL, b_stop_mode="rel", ift=True, hook_ift=True)
-    f, inj = model.cell(x)
+    f, inj = model.cell.closure(x)
     z_out, info = deq(lambda z: f(z, inj), torch.zeros_like(inj))
     return model.head(z_out[-1]), {"nfe": float(info["nstep"].max())}
 
@@ -87,29 +79,21 @@ def _adjoints() -> dict[str, pydeq.AbstractAdjoint | None]:
             "torchdeq": None}
 
 
-def _forward(name: str, adjoint: pydeq.AbstractAdjoint | None, model: _MLPDEQ, x: Tensor) -> tuple[Tensor, dict]:
+def _forward(adjoint: pydeq.AbstractAdjoint | None, model: _MLPDEQ, x: Tensor) -> tuple[Tensor, dict]:
     return _torchdeq_forward(model, x) if adjoint is None else _pydeq_forward(model, x, adjoint)
 
 
-def _step(name: str, adjoint: pydeq.AbstractAdjoint | None, model: _MLPDEQ, opt: torch.optim.Optimizer,
-          x: Tensor, y: Tensor) -> dict[str, float]:
-    """One training step; forward and backward timed apart."""
-    opt.zero_grad(set_to_none=True)
-    with stopwatch() as fwd:
-        logits, info = _forward(name, adjoint, model, x)
-        loss = nn.functional.cross_entropy(logits, y)
-    with stopwatch() as bwd:
-        loss.backward()
-    opt.step()
+def _loss(adjoint: pydeq.AbstractAdjoint | None, model: _MLPDEQ, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
+    logits, info = _forward(adjoint, model, x)
+    loss = nn.functional.cross_entropy(logits, y)
     sol = info.get("sol")
-    return {"fwd": fwd.seconds, "bwd": bwd.seconds, "loss": float(loss.detach()), "nfe": info["nfe"],
-            "nfe_b": float(sol.backward.nfe) if sol is not None else math.nan}
+    return loss, lambda: {"loss": float(loss.detach()), "nfe": info["nfe"],
+                          "nfe_backward": float(sol.backward.nfe) if sol is not None else math.nan}
 
 
-@torch.no_grad()
-def _accuracy(model: _MLPDEQ, x: Tensor, y: Tensor) -> float:
-    logits, _ = _pydeq_forward(model, x, pydeq.JacobianFreeAdjoint())  # no grad: the adjoint is unused
-    return float((logits.argmax(1) == y).float().mean())
+def _test_accuracy(model: _MLPDEQ, x: Tensor, y: Tensor) -> dict[str, float]:
+    # accuracy() runs without gradients: the adjoint is unused
+    return {"accuracy": accuracy(lambda xb: _pydeq_forward(model, xb, pydeq.JacobianFreeAdjoint())[0], x, y)}
 
 
 def _flat_grad(model: nn.Module) -> Tensor:
@@ -126,7 +110,7 @@ def _gradients(model: _MLPDEQ, x: Tensor, y: Tensor, methods: dict) -> dict[str,
     out = {}
     for name, adjoint in methods.items():
         model.zero_grad(set_to_none=True)
-        logits, _ = _forward(name, adjoint, model, x)
+        logits, _ = _forward(adjoint, model, x)
         nn.functional.cross_entropy(logits, y).backward()
         g = _flat_grad(model)
         out[name] = {"grad_cosine": float(g @ ref / (g.norm() * ref.norm())),
@@ -142,7 +126,7 @@ def _backward_times(ctx: BenchContext, model: _MLPDEQ, x: Tensor, y: Tensor, met
     for r in ctx.bar(range(repeats + 1), desc="efficient: backward timing"):
         for name, adjoint in methods.items():
             model.zero_grad(set_to_none=True)
-            logits, _ = _forward(name, adjoint, model, x)
+            logits, _ = _forward(adjoint, model, x)
             loss = nn.functional.cross_entropy(logits, y)
             with stopwatch(ctx.device) as sw:
                 loss.backward()
@@ -156,34 +140,14 @@ def _train(ctx: BenchContext, base: _MLPDEQ, methods: dict, data: tuple[Tensor, 
            batch: int) -> tuple[dict[str, _MLPDEQ], dict[str, dict[str, list[float]]]]:
     x, y, xt, yt = data
     models = {k: copy.deepcopy(base) for k in methods}
-    opts = {k: torch.optim.Adam(m.parameters(), lr=LR) for k, m in models.items()}
-    kinds = ("time_per_epoch", "forward_time_per_epoch", "backward_time_per_epoch", "nfe_per_epoch",
-             "backward_nfe_per_epoch", "loss", "accuracy")
-    series: dict[str, dict[str, list[float]]] = {s: {k: [] for k in methods} for s in kinds}
-    series["backward_time"] = {k: [] for k in methods}
-    gen = torch.Generator().manual_seed(ctx.seed)
-    names, steps = list(methods), x.shape[0] // batch
-    for epoch in ctx.bar(range(epochs), desc="efficient: epochs"):
-        acc: dict[str, list[dict[str, float]]] = {k: [] for k in methods}
-        bar = ctx.bar(range(steps), desc=f"efficient: epoch {epoch + 1}", unit="step")
-        for _, idx, order in rotated_batches(names, x.shape[0], batch, epoch, gen, bar):
-            for name in order:
-                acc[name].append(_step(name, methods[name], models[name], opts[name], x[idx], y[idx]))
-        for name, recs in acc.items():
-            s = series
-            s["forward_time_per_epoch"][name].append(sum(r["fwd"] for r in recs))
-            s["backward_time_per_epoch"][name].append(sum(r["bwd"] for r in recs))
-            s["time_per_epoch"][name].append(sum(r["fwd"] + r["bwd"] for r in recs))
-            s["nfe_per_epoch"][name].append(sum(r["nfe"] for r in recs) / len(recs))
-            s["backward_nfe_per_epoch"][name].append(sum(r["nfe_b"] for r in recs) / len(recs))
-            s["loss"][name].append(sum(r["loss"] for r in recs) / len(recs))
-            s["accuracy"][name].append(_accuracy(models[name], xt, yt))
-            s["backward_time"][name].extend(r["bwd"] for r in recs)
-    return models, series
-
-
-def _flatten(x: Tensor) -> Tensor:
-    return ((x - 0.1307) / 0.3081).reshape(x.shape[0], -1)
+    trainees = {k: Trainee(torch.optim.Adam(m.parameters(), lr=LR), partial(_loss, methods[k], m),
+                           partial(_test_accuracy, m, xt, yt)) for k, m in models.items()}
+    run = train_lockstep(ctx, trainees, (x, y), epochs=epochs, batch=batch, desc="efficient")
+    series = run.series(forward_time_per_epoch="forward", backward_time_per_epoch="backward", nfe_per_epoch="nfe",
+                        backward_nfe_per_epoch="nfe_backward", loss="loss", accuracy="test_accuracy")
+    fwd, bwd = series["forward_time_per_epoch"], series["backward_time_per_epoch"]
+    return models, {"time_per_epoch": {k: [f + b for f, b in zip(fwd[k], bwd[k], strict=True)] for k in fwd},
+                    **series}
 
 
 def _trade_off_row(name: str, t: dict[str, Timing], grads: dict, series: dict, epochs: int) -> Row:
@@ -206,10 +170,8 @@ def _trade_off_row(name: str, t: dict[str, Timing], grads: dict, series: dict, e
 def efficient_broyden_reuse(ctx: BenchContext) -> ClaimResult:
     n_train, n_test = ctx.scale(quick=768, paper=20_000), ctx.scale(quick=1000, paper=10_000)
     epochs, batch = ctx.scale(quick=3, paper=5), ctx.scale(quick=32, paper=64)
-    x, y = ctx.data("mnist", "train", limit=n_train)
-    xt, yt = ctx.data("mnist", "test", limit=n_test)
-    x, xt = _flatten(x).to(ctx.device), _flatten(xt).to(ctx.device)
-    y, yt = y.to(ctx.device), yt.to(ctx.device)
+    (x, y), (xt, yt) = mnist(ctx, n_train, n_test, prepare=flatten)
+    x, y, xt, yt = (t.to(ctx.device) for t in (x, y, xt, yt))
     methods = _adjoints()
     try:
         import torchdeq  # noqa: F401

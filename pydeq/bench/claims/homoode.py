@@ -1,9 +1,9 @@
 """Claim 3, HomoODE (Ding et al. 2023): accuracy, memory and NFE against a DEQ, a neural ODE and an augmented neural
 ODE at a matched parameter budget, and the shared learnable initial point's effect on NFE.
 
-Data: MNIST down-sampled to 14×14 (2×2 average pooling), flattened to 196 values, standardised. Models, each with
-a linear read-out to 10 classes, widths solved so that every total parameter count is within ±10% of HomoODE's
-(checked, and reported in ``setup["params"]``):
+Data: MNIST down-sampled to 14×14 (2×2 average pooling), flattened to 196 values, standardised. Models
+(:mod:`pydeq.bench.claims._homoode`), each with a linear read-out to 10 classes, widths solved so that every total
+parameter count is within ±10% of HomoODE's (checked, and reported in ``setup["params"]``):
 
 - ``homoode``: ``dz/dλ = g(z, x) = L2 tanh(L1 [z, x])``, state 32, λ ∈ [0, 1], with the shared learnable initial
   point (its parameters counted), trained every ``INIT_EVERY`` steps by its own Adam on smooth-L1;
@@ -20,106 +20,22 @@ copies in lock-step on the same batches (order rotated every step), so per-epoch
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, claim
-from pydeq.bench.timing import rotated_batches, stopwatch
+from pydeq.bench.claims._homoode import AUGMENT, HIDDEN, TOL, Classifier, build, matched_width, parameter_count
+from pydeq.bench.claims._training import Stats, Trainee, accuracy, flatten, mnist, train_lockstep
 
 __all__ = ["homoode_claim", "saved_tensor_bytes", "matched_width"]
 
-D_IN, STATE, HIDDEN, AUGMENT, INIT_DIM = 196, 32, 64, 20, 16
-TOL, LR, INIT_LR, INIT_EVERY, RHO = 1e-3, 1e-3, 1e-2, 2, 0.9
+LR, INIT_LR, INIT_EVERY = 1e-3, 1e-2, 2
 BUDGET_TOL = 0.10
 PAPER = "Ding, Cui, Wang & Shi (2023), NeurIPS, arXiv 2310.09583"
-
-
-class _CondMLP(nn.Module):
-    """``g(z, x) = L2 tanh(L1 [z, x])``: x is a condition at every λ."""
-
-    def __init__(self, d: int, d_in: int, h: int):
-        super().__init__()
-        self.l1, self.l2 = nn.Linear(d + d_in, h), nn.Linear(h, d)
-
-    def forward(self, z: Tensor, x: Tensor) -> Tensor:
-        return self.l2(torch.tanh(self.l1(torch.cat([z, x], 1))))
-
-
-class _FieldMLP(nn.Module):
-    """``f(u) = L2 tanh(L1 u)``; called ``f(u, x)`` by NeuralODE and ignores x (x lives in the state)."""
-
-    def __init__(self, d: int, h: int):
-        super().__init__()
-        self.l1, self.l2 = nn.Linear(d, h), nn.Linear(h, d)
-
-    def forward(self, u: Tensor, x: Any = None) -> Tensor:
-        return self.l2(torch.tanh(self.l1(u)))
-
-
-class _DEQCell(nn.Module):
-    def __init__(self, d: int, d_in: int):
-        super().__init__()
-        self.inj, self.V = nn.Linear(d_in, d), nn.Parameter(torch.randn(d, d) / d**0.5)
-
-    def closure(self, x: Tensor) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor]:
-        W = RHO * self.V / torch.linalg.matrix_norm(self.V, 2)  # once per forward, not per iteration
-        return (lambda z, inj: torch.tanh(z @ W.T + inj)), self.inj(x)
-
-
-class _Classifier(nn.Module):
-    """A body returning ``(features, nfe)`` and a linear head."""
-
-    def __init__(self, kind: str, body: nn.Module, features: int):
-        super().__init__()
-        self.kind, self.body, self.head = kind, body, nn.Linear(features, 10)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, int]:
-        if self.kind == "deq":
-            f, inj = self.body.closure(x)
-            solver = pydeq.Anderson(rtol=TOL, atol=0.0, max_steps=50)
-            adjoint = pydeq.ImplicitAdjoint(linear_solver=pydeq.GMRES(rtol=TOL, atol=0.0))
-            sol = pydeq.fixed_point(f, inj, torch.zeros_like(inj), solver=solver, adjoint=adjoint, on_failure="return")
-        else:
-            _, sol = self.body(x, return_solution=True)
-        return self.head(sol.z), sol.nfe
-
-
-def _ode_solver() -> pydeq.Dopri5:
-    return pydeq.Dopri5(rtol=TOL, atol=TOL)
-
-
-def _build(kind: str, width: int) -> _Classifier:
-    """``width`` is the hidden width of the field (the state size for the DEQ)."""
-    if kind == "deq":
-        return _Classifier(kind, _DEQCell(width, D_IN), width)
-    if kind in ("homoode", "homoode-z0=0"):
-        body = pydeq.HomoODE(_CondMLP(STATE, D_IN, width), (STATE,), shared_init=kind == "homoode",
-                             init_dim=INIT_DIM, solver=_ode_solver(), on_failure="return")
-        return _Classifier(kind, body, STATE)
-    if kind == "node":
-        return _Classifier(kind, pydeq.NeuralODE(_FieldMLP(D_IN, width), solver=_ode_solver(), on_failure="return"),
-                           D_IN)
-    if kind == "anode":
-        body = pydeq.AugmentedNeuralODE(_FieldMLP(D_IN + AUGMENT, width), AUGMENT, solver=_ode_solver(),
-                                        on_failure="return")
-        return _Classifier(kind, body, D_IN + AUGMENT)
-    raise ValueError(f"unknown model kind {kind!r}; choose deq, homoode, homoode-z0=0, node or anode.")
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def matched_width(kind: str, budget: int, lo: int = 1, hi: int = 4096) -> int:
-    """The width whose model's parameter count is closest to ``budget`` (counts grow with width: bisect)."""
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if _count(_build(kind, mid)) < budget else (lo, mid)
-    return min((max(lo - 1, 1), lo), key=lambda w: abs(_count(_build(kind, w)) - budget))
 
 
 def saved_tensor_bytes(fn: Callable[[], Tensor], exclude: list[Tensor]) -> int:
@@ -143,7 +59,7 @@ def saved_tensor_bytes(fn: Callable[[], Tensor], exclude: list[Tensor]) -> int:
     return sum(seen.values())
 
 
-def _peak_memory(model: _Classifier, x: Tensor, y: Tensor) -> int:
+def _peak_memory(model: Classifier, x: Tensor, y: Tensor) -> int:
     def run() -> Tensor:
         logits, _ = model(x)
         return F.cross_entropy(logits, y)
@@ -151,56 +67,36 @@ def _peak_memory(model: _Classifier, x: Tensor, y: Tensor) -> int:
     return saved_tensor_bytes(run, [*model.parameters(), x, y])
 
 
-def _step(model: _Classifier, opt: torch.optim.Optimizer, init_opt: torch.optim.Optimizer | None, x: Tensor,
-          y: Tensor, step: int) -> dict[str, float]:
-    opt.zero_grad(set_to_none=True)
-    with stopwatch() as sw:
-        logits, nfe = model(x)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
-        opt.step()
-        if init_opt is not None and step % INIT_EVERY == 0:
-            model.body.update_initial_point(init_opt)
-    return {"time": sw.seconds, "nfe": float(nfe), "loss": float(loss.detach())}
+def _loss(model: Classifier, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
+    logits, nfe = model(x)
+    loss = F.cross_entropy(logits, y)
+    return loss, lambda: {"loss": float(loss.detach()), "nfe": float(nfe)}
 
 
 @torch.no_grad()
-def _evaluate(model: _Classifier, x: Tensor, y: Tensor) -> tuple[float, float]:
+def _evaluate(model: Classifier, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Accuracy and NFE of one forward over all of ``x``."""
     logits, nfe = model(x)
-    return float((logits.argmax(1) == y).float().mean()), float(nfe)
+    return {"accuracy": accuracy(lambda _: logits, x, y), "nfe": float(nfe)}
 
 
-def _optimizers(model: _Classifier) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
-    if isinstance(model.body, pydeq.HomoODE) and model.body.shared_init:
-        main = [*model.body.main_parameters(), *model.head.parameters()]
-        return torch.optim.Adam(main, lr=LR), torch.optim.Adam(model.body.initial_point_parameters(), lr=INIT_LR)
-    return torch.optim.Adam(model.parameters(), lr=LR), None
+def _trainee(model: Classifier, test: tuple[Tensor, Tensor]) -> Trainee:
+    """Adam on the model; with a shared initial point, Adam on the rest and every ``INIT_EVERY`` steps one step of
+    the initial point's own Adam."""
+    loss, evaluate = partial(_loss, model), partial(_evaluate, model, *test)
+    if not (isinstance(model.body, pydeq.HomoODE) and model.body.shared_init):
+        return Trainee(torch.optim.Adam(model.parameters(), lr=LR), loss, evaluate)
+    init = torch.optim.Adam(model.body.initial_point_parameters(), lr=INIT_LR)
+
+    def after_step(step: int) -> None:
+        if step % INIT_EVERY == 0:
+            model.body.update_initial_point(init)
+
+    main = [*model.body.main_parameters(), *model.head.parameters()]
+    return Trainee(torch.optim.Adam(main, lr=LR), loss, evaluate, after_step)
 
 
-def _train(ctx: BenchContext, models: dict[str, _Classifier], data: tuple[Tensor, ...], epochs: int,
-           batch: int) -> dict[str, dict[str, list[float]]]:
-    x, y, xt, yt = data
-    opts = {k: _optimizers(m) for k, m in models.items()}
-    kinds = ("time_per_epoch", "nfe_per_epoch", "test_nfe_per_epoch", "loss", "accuracy")
-    series: dict[str, dict[str, list[float]]] = {s: {k: [] for k in models} for s in kinds}
-    gen, names, steps = torch.Generator().manual_seed(ctx.seed), list(models), x.shape[0] // batch
-    for epoch in ctx.bar(range(epochs), desc="homoode: epochs"):
-        recs: dict[str, list[dict[str, float]]] = {k: [] for k in models}
-        bar = ctx.bar(range(steps), desc=f"homoode: epoch {epoch + 1}", unit="step")
-        for step, idx, order in rotated_batches(names, x.shape[0], batch, epoch, gen, bar):
-            for name in order:
-                recs[name].append(_step(models[name], *opts[name], x[idx], y[idx], step))
-        for name, r in recs.items():
-            acc, test_nfe = _evaluate(models[name], xt, yt)
-            series["time_per_epoch"][name].append(sum(v["time"] for v in r))
-            series["nfe_per_epoch"][name].append(sum(v["nfe"] for v in r) / len(r))
-            series["loss"][name].append(sum(v["loss"] for v in r) / len(r))
-            series["accuracy"][name].append(acc)
-            series["test_nfe_per_epoch"][name].append(test_nfe)
-    return series
-
-
-def _torchdiffeq_row(ctx: BenchContext, model: _Classifier, x: Tensor, y: Tensor) -> Row | None:
+def _torchdiffeq_row(ctx: BenchContext, model: Classifier, x: Tensor, y: Tensor) -> Row | None:
     """The neural ODE's training step: pydeq Dopri5 vs torchdiffeq dopri5, same f, tolerances and batch."""
     try:
         from torchdiffeq import odeint
@@ -245,30 +141,25 @@ def _torchdiffeq_row(ctx: BenchContext, model: _Classifier, x: Tensor, y: Tensor
                    "size (a batched call serves the samples still running), torchdiffeq the batch with one")
 
 
-def _flatten(x: Tensor) -> Tensor:
-    return ((F.avg_pool2d(x, 2) - 0.1307) / 0.3081).reshape(x.shape[0], -1)
-
-
 @claim("homoode", title="HomoODE vs DEQ, neural ODE and augmented neural ODE at a matched parameter budget",
        paper=PAPER, data=("mnist",))
 def homoode_claim(ctx: BenchContext) -> ClaimResult:
     n_train, n_test = ctx.scale(quick=2048, paper=20_000), ctx.scale(quick=1000, paper=10_000)
     epochs, batch = ctx.scale(quick=3, paper=10), ctx.scale(quick=64, paper=64)
-    x, y = ctx.data("mnist", "train", limit=n_train)
-    xt, yt = ctx.data("mnist", "test", limit=n_test)
-    x, xt, y, yt = _flatten(x).to(ctx.device), _flatten(xt).to(ctx.device), y.to(ctx.device), yt.to(ctx.device)
+    (x, y), (xt, yt) = mnist(ctx, n_train, n_test, prepare=partial(flatten, pool=2))
+    x, y, xt, yt = (t.to(ctx.device) for t in (x, y, xt, yt))
 
     torch.manual_seed(ctx.seed)
-    homo = _build("homoode", HIDDEN).to(ctx.device)
-    budget = _count(homo)
+    homo = build("homoode", HIDDEN).to(ctx.device)
+    budget = parameter_count(homo)
     widths = {"homoode": HIDDEN, "homoode-z0=0": HIDDEN,
               **{k: matched_width(k, budget) for k in ("deq", "node", "anode")}}
-    models: dict[str, _Classifier] = {"homoode": homo}
+    models: dict[str, Classifier] = {"homoode": homo}
     for k in ("homoode-z0=0", "deq", "node", "anode"):
         torch.manual_seed(ctx.seed)
-        models[k] = _build(k, widths[k]).to(ctx.device)
+        models[k] = build(k, widths[k]).to(ctx.device)
     models["homoode-z0=0"].load_state_dict(homo.state_dict(), strict=False)  # same g and head as homoode
-    params = {k: _count(m) for k, m in models.items()}
+    params = {k: parameter_count(m) for k, m in models.items()}
     off = {k: (n - budget) / budget for k, n in params.items()}
     bad = {k: v for k, v in off.items() if abs(v) > BUDGET_TOL}
     if bad:
@@ -276,7 +167,10 @@ def homoode_claim(ctx: BenchContext) -> ClaimResult:
 
     xb, yb = x[:batch], y[:batch]
     memory = {k: _peak_memory(m, xb, yb) for k, m in models.items()}  # at initialisation: before any training
-    series = _train(ctx, models, (x, y, xt, yt), epochs, batch)
+    run = train_lockstep(ctx, {k: _trainee(m, (xt, yt)) for k, m in models.items()}, (x, y), epochs=epochs,
+                         batch=batch, desc="homoode")
+    series = run.series(time_per_epoch="step", nfe_per_epoch="nfe", test_nfe_per_epoch="test_nfe", loss="loss",
+                        accuracy="test_accuracy")
     memory_end = {k: _peak_memory(m, xb, yb) for k, m in models.items()}
     series["saved_tensor_mib"] = {k: [memory[k] / 2**20, memory_end[k] / 2**20] for k in models}
     acc = {k: v[-1] for k, v in series["accuracy"].items()}

@@ -16,64 +16,46 @@ which behaves like depth: 18.3 / 5.0 / 4.0) against the paper's within 1.5×. Th
 from __future__ import annotations
 
 import dataclasses
-import time
 import warnings
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, claim
 from pydeq.bench.claims._table1 import BATCH, CONFIGS, LR, PAPER_DEPTH, TOL, WIDTH, dense_model
+from pydeq.bench.claims._training import Trainee, mean, train_lockstep
 
 __all__ = ["CONFIGS", "PAPER_DEPTH", "mnist_depth", "train_and_measure"]
 
 PAPER = "Pal, Edelman & Rackauckas (2022), arXiv 2201.12240, Table 1"
 
 
-def train_and_measure(config: str, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], *, steps: int,
-                      seed: int = 0) -> dict[str, float]:
-    """Train one model ``steps`` steps (batches in a fixed order) and measure it; every number per sample."""
-    model = dense_model(config, seed)
-    encoder, deq, head = model.encoder, model.deq, model.head
-    params = model.parameters()
-    opt = torch.optim.Adam(params, lr=LR)
-    order = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(seed))
-    converged = solves = 0
-    start = time.perf_counter()
+def train_and_measure(ctx: BenchContext, config: str, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], *,
+                      steps: int) -> dict[str, float]:
+    """Train one model ``steps`` steps (one pass over a permutation of ``train``, which needs ``steps`` batches)
+    and measure it; every number per sample.
+
+    One model per run, not the six side by side: the Jacobian-regularised models draw their random projections
+    from the global generator, which :func:`dense_model` reseeds, so each model trains on the draws that follow
+    its own seeding.
+    """
+    model = dense_model(config, ctx.seed).to(ctx.device)
+    trainee = Trainee(torch.optim.Adam(model.parameters(), lr=LR), model.loss)
+    test = (test[0].to(ctx.device), test[1].to(ctx.device))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pydeq.ConvergenceWarning)
-        for i in range(steps):
-            idx = order[(i * BATCH) % len(order):][:BATCH]
-            z, sol = deq(encoder(train[0][idx]), return_solution=True)
-            loss = F.cross_entropy(head(z), train[1][idx]) + deq.aux_loss()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            converged, solves = converged + int(sol.converged.sum()), solves + sol.status.numel()
-        seconds = time.perf_counter() - start
-        depth, correct, test_converged = _evaluate(encoder, deq, head, test)
+        run = train_lockstep(ctx, {config: trainee}, train, epochs=1, batch=BATCH, steps=steps,
+                             desc=f"table 1 depth: {config}")
+        ev = model.evaluate(*test, batch=100)
         # the same trained model under the reference implementation's max-abs termination test
-        deq.eval_solver = dataclasses.replace(deq.solver, norm=pydeq.max_norm)
-        depth_max, _, _ = _evaluate(encoder, deq, head, test)
-    n = len(test[0])
-    return {"train_converged": converged / solves, "test_depth": depth / n, "test_accuracy": correct / n,
-            "test_converged": test_converged / n, "test_depth_max_norm": depth_max / n,
-            "train_s_per_step": seconds / steps, "params": float(sum(p.numel() for p in params))}
-
-
-@torch.no_grad()
-def _evaluate(encoder: nn.Module, deq: pydeq.DEQ, head: nn.Module, test: tuple[Tensor, Tensor],
-              batch: int = 100) -> tuple[float, int, int]:
-    deq.eval()
-    depth, correct, converged = 0.0, 0, 0
-    for j in range(0, len(test[0]), batch):
-        z, sol = deq(encoder(test[0][j:j + batch]), return_solution=True)
-        depth += float(sol.steps.double().sum())
-        correct += int((head(z).argmax(1) == test[1][j:j + batch]).sum())
-        converged += int(sol.converged.sum())
-    return depth, correct, converged
+        model.deq.eval_solver = dataclasses.replace(model.deq.solver, norm=pydeq.max_norm)
+        depth_max = model.evaluate(*test, batch=100)["depth"]
+    records = run.steps[config]
+    return {"train_converged": mean(records, "converged"), "test_depth": ev["depth"], "test_accuracy": ev["accuracy"],
+            "test_converged": ev["converged"], "test_depth_max_norm": depth_max,
+            "train_s_per_step": sum(r["step"] for r in records) / len(records),
+            "params": float(sum(p.numel() for p in model.parameters()))}
 
 
 def _rows(results: dict[str, dict[str, float]], steps: int) -> list[Row]:
@@ -100,8 +82,7 @@ def mnist_depth(ctx: BenchContext) -> ClaimResult:
     x, y = ctx.data("mnist", "train", limit=steps * BATCH)
     xt, yt = ctx.data("mnist", "test", limit=n_test)
     train, test = (x.reshape(len(x), -1).float(), y), (xt.reshape(len(xt), -1).float(), yt)
-    results = {c: train_and_measure(c, train, test, steps=steps, seed=ctx.seed)
-               for c in ctx.bar(CONFIGS, desc="table 1 depth")}
+    results = {c: train_and_measure(ctx, c, train, test, steps=steps) for c in ctx.bar(CONFIGS, desc="table 1 depth")}
     return ClaimResult(rows=_rows(results, steps),
                        setup={"steps": steps, "batch": BATCH, "test_images": n_test, "tol": TOL, "width": WIDTH,
                               "solver": "SteadyState(Tsit5(rtol=5e-3, atol=5e-3), rtol=5e-3, atol=5e-3, "

@@ -25,22 +25,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gc
-import statistics
 import time
 import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, claim
-from pydeq.bench.claims._models import Backbone, Net, TorchDEQCore, build
+from pydeq.bench.claims._models import Backbone, Net, TorchDEQCore, build, train_nets
 from pydeq.bench.claims._paper import band_row, paper_table, ratio_band
 from pydeq.bench.claims._table1 import BATCH, CONFIGS, LR, TOL, WIDTH, DenseModel, dense_model, table1_solver
-from pydeq.bench.timing import Timing
+from pydeq.bench.claims._training import Trainee, mean, mnist, train_lockstep
 
 __all__ = ["PAPER_TABLE1", "QUICK_STEPS", "cdeq_table1", "train_table1"]
 
@@ -61,88 +58,25 @@ _LABELS = {"vanilla": "Vanilla", "vanilla-jac": "Vanilla + Jac", "skip": "Skip",
            "skipreg": "Skip Reg", "skipreg-jac": "Skip Reg + Jac"}
 
 
-def _step(model: DenseModel, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> dict[str, float]:
-    """One training step with the collector paused: its wall time, forward NFE and mean depth."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        t0 = time.perf_counter()
-        z, sol = model.deq(model.encoder(xb), return_solution=True)
-        loss = F.cross_entropy(model.head(z), yb) + model.deq.aux_loss()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seconds = time.perf_counter() - t0
-    finally:
-        if enabled:
-            gc.enable()
-    return {"step": seconds, "nfe": float(sol.nfe), "depth": float(sol.steps.double().mean()),
-            "converged": float(sol.converged.double().mean()), "loss": float(loss.detach())}
-
-
-@torch.no_grad()
-def _evaluate(model: DenseModel, x: Tensor, y: Tensor, *, timed: bool = False) -> dict[str, float]:
-    """Accuracy, mean f calls per batch of 32, mean solver steps per sample and (``timed``) median s per batch."""
-    model.train(False)
-    hits, nfe, depth, times = 0, [], 0.0, []
-    for i in range(0, len(x), BATCH):
-        t0 = time.perf_counter()
-        z, sol = model.deq(model.encoder(x[i:i + BATCH]), return_solution=True)
-        logits = model.head(z)
-        times.append(time.perf_counter() - t0)
-        hits += int((logits.argmax(1) == y[i:i + BATCH]).sum())
-        nfe.append(sol.nfe)
-        depth += float(sol.steps.double().sum())
-    model.train(True)
-    out = {"accuracy": hits / len(x), "nfe": statistics.fmean(nfe), "depth": depth / len(x)}
-    if timed:
-        out["predict_s"] = statistics.median(times)
-    return out
-
-
 def train_table1(ctx: BenchContext, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], *, epochs: int,
                  steps: int | None = None, configs: tuple[str, ...] = CONFIGS) -> dict[str, Any]:
-    """Train the six models interleaved for ``epochs`` (or only ``steps`` steps) and measure them."""
-    models = {c: dense_model(c, ctx.seed, reference=True) for c in configs}
-    for m in models.values():
-        for part in (m.encoder, m.deq, m.head):
-            part.to(ctx.device)
-    opts = {c: torch.optim.Adam(m.parameters(), lr=LR) for c, m in models.items()}
-    gen = torch.Generator().manual_seed(ctx.seed)
-    records: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
-    series: dict[str, dict[str, list[float]]] = {k: {c: [] for c in configs} for k in
-                                                 ("accuracy", "depth_per_epoch", "nfe_per_epoch", "time_per_epoch",
-                                                  "loss")}
-    per_epoch = len(train[0]) // BATCH if steps is None else min(steps, len(train[0]) // BATCH)
+    """Train the six models lock-step for ``epochs`` (or only ``steps`` steps) and measure them."""
+    models = {c: dense_model(c, ctx.seed, reference=True).to(ctx.device) for c in configs}
     curve = (test[0][:CURVE_IMAGES].to(ctx.device), test[1][:CURVE_IMAGES].to(ctx.device))
+    trainees = {c: Trainee(torch.optim.Adam(m.parameters(), lr=LR), m.loss, lambda m=m: m.evaluate(*curve))
+                for c, m in models.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pydeq.ConvergenceWarning)
-        for epoch in range(epochs):
-            order = torch.randperm(len(train[0]), generator=gen)
-            first = {c: len(r) for c, r in records.items()}
-            for i in ctx.bar(range(per_epoch), desc=f"table 1 epoch {epoch + 1}/{epochs}", unit="step"):
-                idx = order[i * BATCH:(i + 1) * BATCH]
-                xb, yb = train[0][idx].to(ctx.device), train[1][idx].to(ctx.device)
-                shift = (epoch * per_epoch + i) % len(configs)
-                for c in configs[shift:] + configs[:shift]:
-                    records[c].append(_step(models[c], opts[c], xb, yb))
-            for c, m in models.items():
-                ep = records[c][first[c]:]
-                ev = _evaluate(m, *curve)
-                series["accuracy"][c].append(ev["accuracy"])
-                series["depth_per_epoch"][c].append(ev["depth"])
-                series["nfe_per_epoch"][c].append(statistics.fmean(r["nfe"] for r in ep))
-                series["time_per_epoch"][c].append(sum(r["step"] for r in ep))
-                series["loss"][c].append(statistics.fmean(r["loss"] for r in ep))
-        final = {c: _evaluate(m, test[0].to(ctx.device), test[1].to(ctx.device), timed=True)
-                 for c, m in models.items()}
-    params = {c: sum(p.numel() for p in m.parameters()) for c, m in models.items()}
+        run = train_lockstep(ctx, trainees, train, epochs=epochs, batch=BATCH, steps=steps, desc="table 1")
+        final = {c: m.evaluate(test[0].to(ctx.device), test[1].to(ctx.device)) for c, m in models.items()}
+    series = run.series(accuracy="test_accuracy", depth_per_epoch="test_depth", nfe_per_epoch="nfe",
+                        time_per_epoch="step", loss="loss")
     # the first step of each model is a warm-up: in the training time, not in the per-step medians
-    step_time = {c: Timing(tuple(r["step"] for r in recs[1:] or recs)) for c, recs in records.items()}
-    return {"records": records, "series": series, "final": final, "params": params, "step_time": step_time,
-            "train_s": {c: sum(r["step"] for r in recs) for c, recs in records.items()},
-            "train_converged": {c: statistics.fmean(r["converged"] for r in recs) for c, recs in records.items()},
-            "steps": {c: len(recs) for c, recs in records.items()}, "models": models}
+    return {"series": series, "final": final, "step_time": run.timing("step"),
+            "params": {c: sum(p.numel() for p in m.parameters()) for c, m in models.items()},
+            "train_s": {c: sum(r["step"] for r in recs) for c, recs in run.steps.items()},
+            "train_converged": {c: mean(recs, "converged") for c, recs in run.steps.items()},
+            "steps": {c: len(recs) for c, recs in run.steps.items()}, "models": models}
 
 
 def _rows(run: dict[str, Any], full: bool, scale: str) -> list[Row]:
@@ -223,8 +157,6 @@ def _peer_backbone(model: DenseModel) -> Backbone:
 
 def _peers(ctx: BenchContext, train: tuple, test: tuple, steps: int) -> tuple[list[Row], dict[str, Any]]:
     """Discrete variants and TorchDEQ on the same f, from fresh reference weights, trained side by side."""
-    from pydeq.bench.claims.continuous import train_interleaved
-
     try:
         import torchdeq  # noqa: F401
     except ImportError:
@@ -247,16 +179,15 @@ def _peers(ctx: BenchContext, train: tuple, test: tuple, steps: int) -> tuple[li
     n = min(steps * BATCH, len(train[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pydeq.ConvergenceWarning)
-        run = train_interleaved(ctx, nets, (train[0][:n], train[1][:n]), (test[0][:CURVE_IMAGES],
-                                test[1][:CURVE_IMAGES]), epochs=1, batch=BATCH, desc="table 1 peers",
-                                optimizer=lambda p: torch.optim.Adam(p, lr=LR))
-    rows = []
+        run = train_nets(ctx, nets, (train[0][:n], train[1][:n]), (test[0][:CURVE_IMAGES], test[1][:CURVE_IMAGES]),
+                         epochs=1, batch=BATCH, desc="table 1 peers", optimizer=lambda p: torch.optim.Adam(p, lr=LR))
+    step_time, rows = run.timing("step"), []
     pairs = [("broyden", "vanilla", "discrete variant"), ("newton-krylov", "vanilla", "discrete variant"),
              *((("broyden", "torchdeq-broyden", "pydeq vs peer"),) if peers else ())]
     for mine, other, label in pairs:
-        nfe = {k: statistics.fmean(r["nfe_f"] for r in run["steps"][k]) for k in (mine, other)}
-        acc = {k: run["series"]["accuracy"][k][-1] for k in (mine, other)}
-        row = Row.speedup(mine, other, run["step_time"][mine], run["step_time"][other],
+        nfe = {k: mean(run.timed[k], "nfe") for k in (mine, other)}
+        acc = {k: run.epochs[k][-1]["test_accuracy"] for k in (mine, other)}
+        row = Row.speedup(mine, other, step_time[mine], step_time[other],
                           quantity=f"training step time ({label})", paper_figure="(peer comparison, no claim)",
                           at_least=1.0)
         rows.append(dataclasses.replace(
@@ -266,18 +197,12 @@ def _peers(ctx: BenchContext, train: tuple, test: tuple, steps: int) -> tuple[li
     return rows, {"peer_steps": n // BATCH, "peer_methods": list(nets)}
 
 
-def _mnist(ctx: BenchContext, n_train: int, n_test: int) -> tuple[tuple, tuple]:
-    x, y = ctx.data("mnist", "train", limit=n_train)
-    xt, yt = ctx.data("mnist", "test", limit=n_test)
-    return ((x - 0.1307) / 0.3081, y), ((xt - 0.1307) / 0.3081, yt)
-
-
 @claim("cdeq-table1", title="Pal et al. Table 1: MNIST dense continuous DEQs (Vanilla / Skip / Skip Reg, ± "
        "Jacobian regularisation)", paper=PAPER, data=("mnist",))
 def cdeq_table1(ctx: BenchContext) -> ClaimResult:
     full = ctx.suite == "paper"
     epochs, steps = ctx.scale(quick=1, paper=25), ctx.scale(quick=QUICK_STEPS, paper=None)
-    train, test = _mnist(ctx, ctx.scale(quick=QUICK_STEPS * BATCH, paper=60_000),
+    train, test = mnist(ctx, ctx.scale(quick=QUICK_STEPS * BATCH, paper=60_000),
                          ctx.scale(quick=1_000, paper=10_000))
     t0 = time.perf_counter()
     run = train_table1(ctx, train, test, epochs=epochs, steps=steps)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -34,9 +33,9 @@ import pydeq
 from pydeq.bench.claim import BenchContext, ClaimResult, Row, SkipClaim, claim
 from pydeq.bench.claims._julia import route_methods
 from pydeq.bench.claims._mdeq_tiny import count_parameters, tiny_backbone
-from pydeq.bench.claims._models import Backbone, Net, TorchDEQCore, TorchdiffeqCore, build
+from pydeq.bench.claims._models import Backbone, Net, TorchDEQCore, TorchdiffeqCore, build, train_nets
 from pydeq.bench.claims._paper import band_row, paper_table, ratio_band
-from pydeq.bench.claims.continuous import train_interleaved
+from pydeq.bench.claims._training import CIFAR_MEAN, CIFAR_STD, Run, mean, standardise
 
 __all__ = ["NODE_METHOD", "PAPER_TABLE2", "ROWS", "cdeq_table2", "make_cores", "pretrain"]
 
@@ -111,10 +110,9 @@ def pretrain(ctx: BenchContext, backbone: Backbone, train: tuple, *, steps: int,
             for i in ctx.bar(range(steps), desc=f"table 2 pretraining {kind}", unit="step"):
                 idx = slice(i * batch % len(train[0]), None)
                 xb, yb = train[0][idx][:batch].to(ctx.device), train[1][idx][:batch].to(ctx.device)
-                loss = nn.functional.cross_entropy(net(xb), yb)
-                aux = net.aux_loss()
+                loss, _ = net.loss(xb, yb)
                 opt.zero_grad(set_to_none=True)
-                (loss if aux is None else loss + aux).backward()
+                loss.backward()
                 opt.step()
         out[kind] = _parts_of(net, backbone)
     return out
@@ -152,8 +150,8 @@ def _table(names: list[str], m: dict[str, dict[str, float]], params: dict[str, i
                         "train solves unconverged (here)"], rows)
 
 
-def _rows(run: dict[str, Any], predict: dict, m: dict, params: dict[str, int], caveat: str) -> list[Row]:
-    st, bw = run["step_time"], run["backward_time"]
+def _rows(run: Run, predict: dict, m: dict, params: dict[str, int], caveat: str, steps: int) -> list[Row]:
+    st, bw = run.timing("step"), run.timing("backward")
     rows = []
     for k, (n_paper, *_rest) in ((k, PAPER_TABLE2[k]) for k in ROWS if k in ("vanilla-c", "skip-c", "skipreg-c",
                                                                             "node")):
@@ -188,7 +186,7 @@ def _rows(run: dict[str, Any], predict: dict, m: dict, params: dict[str, int], c
         rows.append(Row(method=k, quantity="test accuracy (points)", ratio=100 * m[k]["accuracy"],
                         metrics={**m[k], "paper_accuracy": p[1][0]}, paper_figure=f"{p[1][0]:.1f}%",
                         measured_figure=f"{100 * m[k]['accuracy']:.1f}%",
-                        why=f"no verdict: {run['timed_steps']} training steps of the paper's 20,000"))
+                        why=f"no verdict: {steps} training steps of the paper's 20,000"))
     for mine, peer in (("node", "torchdiffeq-adjoint"), ("vanilla-d", "torchdeq-broyden")):
         if peer in st:
             for quantity, t in (("training s/batch", st), ("backward s/batch", bw)):
@@ -199,34 +197,16 @@ def _rows(run: dict[str, Any], predict: dict, m: dict, params: dict[str, int], c
     return rows
 
 
-def _metrics(run: dict[str, Any], predict: dict, accuracy: dict[str, float], nfe_eval: dict[str, float]
-             ) -> dict[str, dict[str, float]]:
+def _metrics(run: Run, predict: dict, evaluated: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     out = {}
-    for k, recs in run["steps"].items():
-        unconverged = [r["unconverged"] for r in recs if r["unconverged"] is not None]
-        out[k] = {"accuracy": accuracy[k], "train_s": run["step_time"][k].median,
-                  "backward_s": run["backward_time"][k].median, "predict_s": predict[k].median,
-                  "nfe_forward": statistics.fmean(r["nfe_f"] for r in recs),
-                  "nfe_backward": statistics.fmean(r["nfe_b"] for r in recs), "nfe_eval": nfe_eval[k],
-                  "unconverged": statistics.fmean(unconverged) if unconverged else float("nan")}
+    step_time, backward_time = run.timing("step"), run.timing("backward")
+    for k, recs in run.timed.items():
+        unconverged = mean(recs, "unconverged")
+        out[k] = {"accuracy": evaluated[k]["accuracy"], "train_s": step_time[k].median,
+                  "backward_s": backward_time[k].median, "predict_s": predict[k].median,
+                  "nfe_forward": mean(recs, "nfe"), "nfe_backward": mean(recs, "nfe_backward"),
+                  "nfe_eval": evaluated[k]["nfe"], "unconverged": float("nan") if unconverged is None else unconverged}
     return out
-
-
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    mean, std = torch.tensor([0.49, 0.48, 0.45])[:, None, None], torch.tensor([0.25, 0.24, 0.26])[:, None, None]
-    return (x - mean) / std
-
-
-@torch.no_grad()
-def _evaluate(net: Net, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
-    net.eval()
-    hits, calls, batches = 0, 0, 0
-    for i in range(0, len(x), batch):
-        before = net.calls
-        hits += int((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
-        calls, batches = calls + net.calls - before, batches + 1
-    net.train()
-    return hits / max(len(x), 1), calls / max(batches, 1)
 
 
 @claim("cdeq-table2", title="Pal et al. Table 2: CIFAR-10 tiny multiscale DEQ, discrete / continuous / neural ODE "
@@ -247,26 +227,26 @@ def cdeq_table2(ctx: BenchContext) -> ClaimResult:
     params = {k: count_parameters(backbone, skip=_kind(k) == "skip") for k in names}
     x, y = ctx.data("cifar10", "train", limit=batch * max(steps, pre_steps))
     xt, yt = ctx.data("cifar10", "test", limit=n_test)
-    x, xt = _normalise(x), _normalise(xt)
+    x, xt = standardise(x, CIFAR_MEAN, CIFAR_STD), standardise(xt, CIFAR_MEAN, CIFAR_STD)
     trained = pretrain(ctx, backbone, (x, y), steps=pre_steps, batch=batch)
     cores = make_cores(backbone.state_shape)
     nets = {k: build(trained[_kind(k)], cores[k], skip_weight=SKIP_WEIGHT if _kind(k) != "vanilla" else 0.0
                      ).to(ctx.device) for k in names}
     nets = route_methods(ctx, nets)  # --backend julia: each row's engine and, when native, why
-    run = train_interleaved(ctx, nets, (x[:batch * steps], y[:batch * steps]), (xt[:batch], yt[:batch]), epochs=1,
-                            batch=batch, desc="table 2", optimizer=_optimizer)
-    run["timed_steps"] = steps
+    # no per-epoch test: one epoch, measured below
+    run = train_nets(ctx, nets, (x[:batch * steps], y[:batch * steps]), None, epochs=1, batch=batch, desc="table 2",
+                     optimizer=_optimizer)
     predict = ctx.measure_side_by_side(_predict_fns(nets, xt[:batch].to(ctx.device)))
-    evaluated = {k: _evaluate(n, xt.to(ctx.device), yt.to(ctx.device), batch) for k, n in nets.items()}
-    m = _metrics(run, predict, {k: v[0] for k, v in evaluated.items()}, {k: v[1] for k, v in evaluated.items()})
+    evaluated = {k: n.evaluate(xt.to(ctx.device), yt.to(ctx.device), batch=batch) for k, n in nets.items()}
+    m = _metrics(run, predict, evaluated)
     caveat = (f"preliminary: {steps - 1} timed steps at batch {batch} on a shared CPU"
               if ctx.suite != "paper" else "")
-    rows = _rows(run, predict, m, params, caveat)
+    rows = _rows(run, predict, m, params, caveat, steps)
     reduced = (f"batch {batch} (paper 128), {pre_steps} unrolled pretraining steps per model kind (paper 3,000), "
                f"{steps} training steps of which {steps - 1} timed (paper 17,000 after pretraining), "
                f"{n_test} test images (paper 10,000)")
     return ClaimResult(
-        rows=rows, series={"backward_time": {k: list(v.samples) for k, v in run["backward_time"].items()}},
+        rows=rows, series={"backward_time": {k: list(v.samples) for k, v in run.timing("backward").items()}},
         setup={"reduced": reduced, "batch": batch, "pretrain_steps": pre_steps, "pretrain_depth": PRETRAIN_DEPTH,
                "steps": steps, "test_images": n_test, "tol": TOL, "forward_max_steps": FWD_STEPS,
                "backward_max_vjps": BWD_STEPS, "node_method": NODE_METHOD.__name__,
