@@ -103,10 +103,6 @@ def _reference(model: spec.SpecModel, x: torch.Tensor, c: torch.Tensor) -> torch
     return torch.cat([p.grad.reshape(-1) for p in ref.parameters()])
 
 
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -135,8 +131,8 @@ def engine_native_vs_julia(ctx: BenchContext) -> ClaimResult:
     stats = {}
     for name, rs in runs.items():
         last = rs[-1]
-        stats[name] = {"forward_ms_median": 1e3 * _median([r["fwd"] for r in rs]),
-                       "backward_ms_median": 1e3 * _median([r["bwd"] for r in rs]),
+        stats[name] = {"forward_ms_median": 1e3 * Timing(tuple(r["fwd"] for r in rs)).median,
+                       "backward_ms_median": 1e3 * Timing(tuple(r["bwd"] for r in rs)).median,
                        "nfe_forward": last["nfe"], "final_rel_residual": last["residual"],
                        "converged_fraction": last["converged"], "grad_rel_error": _rel(last["grad"], ref)}
     agreement = _rel(runs["julia"][-1]["grad"], runs["native"][-1]["grad"])
