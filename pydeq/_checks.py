@@ -38,13 +38,14 @@ def check_finite(name: str, x: Tensor) -> None:
         )
 
 
-def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
-    """Require a finite positive real (tolerances, damping, step sizes)."""
+def check_positive(name: str, value: Any, *, allow_zero: bool = False,
+                   hint: str = "Typical values are 1e-6 to 1e-2.") -> None:
+    """Require a finite positive real (tolerances, damping, step sizes); ``hint`` ends the error message."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if not ok:
         need = "a finite number >= 0" if allow_zero else "a finite number > 0"
-        raise ValueError(f"{name} must be {need}; got {value!r}. Typical values are 1e-6 to 1e-2.")
+        raise ValueError(f"{name} must be {need}; got {value!r}. {hint}")
 
 
 def check_int(name: str, value: Any, *, minimum: int = 1) -> None:

@@ -239,8 +239,8 @@ def test_secant_euler_beats_fixed_step_growth_where_iteration_is_slow_or_fails()
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(dt0=0.0), r"SecantEuler.dt0 must be a finite number > 0; got 0.0"),
-    (dict(dt_max=float("inf")), r"SecantEuler.dt_max must be a finite number > 0; got inf"),
+    (dict(dt0=0.0), r"SecantEuler.dt0 must be a finite number > 0; got 0.0. It is a pseudo-time step"),
+    (dict(dt_max=float("inf")), r"SecantEuler.dt_max must be a finite number > 0; got inf. 10.0 is the default"),
     (dict(shrink=0.0), r"SecantEuler.shrink must be in \(0, 1\); got 0.0"),
     (dict(dt0=20.0), r"SecantEuler.dt0 must not exceed dt_max; got dt0=20.0, dt_max=10.0"),
 ])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .._checks import check_positive
 
-__all__ = ["ResidualEuler"]
+__all__ = ["ResidualEuler", "check_euler_steps"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,13 +47,21 @@ class ResidualEuler:
     shrink: float = 0.5
 
     def __post_init__(self) -> None:
-        check_positive("ResidualEuler.dt0", self.dt0)
-        check_positive("ResidualEuler.dt_max", self.dt_max)
+        check_euler_steps(self)
         if not (isinstance(self.grow, (int, float)) and not isinstance(self.grow, bool) and self.grow >= 1):
             raise ValueError(f"ResidualEuler.grow must be a number >= 1; got {self.grow!r}. 1.1 is the default.")
-        if not (isinstance(self.shrink, (int, float)) and not isinstance(self.shrink, bool) and 0 < self.shrink < 1):
-            raise ValueError(f"ResidualEuler.shrink must be in (0, 1); got {self.shrink!r}. 0.5 is the default.")
-        if self.dt0 > self.dt_max:
-            raise ValueError(
-                f"ResidualEuler.dt0 must not exceed dt_max; got dt0={self.dt0!r}, dt_max={self.dt_max!r}."
-            )
+
+
+def check_euler_steps(method: object) -> None:
+    """The step fields every residual-sized Euler method has: ``dt0``, ``dt_max`` (finite, > 0, ``dt0 <= dt_max``)
+    and ``shrink`` in (0, 1); errors are named after the method's class."""
+    name = type(method).__name__
+    check_positive(f"{name}.dt0", method.dt0, hint="It is a pseudo-time step; 1 (a plain fixed-point step) is the "
+                   "default.")
+    default = next(f.default for f in dataclasses.fields(method) if f.name == "dt_max")
+    check_positive(f"{name}.dt_max", method.dt_max, hint=f"{default} is the default.")
+    shrink = method.shrink
+    if not (isinstance(shrink, (int, float)) and not isinstance(shrink, bool) and 0 < shrink < 1):
+        raise ValueError(f"{name}.shrink must be in (0, 1); got {shrink!r}. 0.5 is the default.")
+    if method.dt0 > method.dt_max:
+        raise ValueError(f"{name}.dt0 must not exceed dt_max; got dt0={method.dt0!r}, dt_max={method.dt_max!r}.")

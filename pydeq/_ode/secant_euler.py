@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._checks import check_positive
+from .residual_euler import check_euler_steps
 
 __all__ = ["SecantEuler"]
 
@@ -56,9 +56,4 @@ class SecantEuler:
     shrink: float = 0.5
 
     def __post_init__(self) -> None:
-        check_positive("SecantEuler.dt0", self.dt0)
-        check_positive("SecantEuler.dt_max", self.dt_max)
-        if not (isinstance(self.shrink, (int, float)) and not isinstance(self.shrink, bool) and 0 < self.shrink < 1):
-            raise ValueError(f"SecantEuler.shrink must be in (0, 1); got {self.shrink!r}. 0.5 is the default.")
-        if self.dt0 > self.dt_max:
-            raise ValueError(f"SecantEuler.dt0 must not exceed dt_max; got dt0={self.dt0!r}, dt_max={self.dt_max!r}.")
+        check_euler_steps(self)
