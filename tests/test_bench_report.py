@@ -34,7 +34,9 @@ def tiny_claims() -> Iterator[None]:
                                              paper_figure="2–4×", at_least=2.0)],
                            series={"time_per_epoch": {"fast": [1.0, 0.9], "slow": [3.0, float("nan")]},
                                    "backward_time": {"fast": [0.1, 0.2], "slow": [0.5, 0.4]}},
-                           setup={"seed_used": ctx.seed, "random": random.random()}, summary="ok")
+                           setup={"seed_used": ctx.seed, "random": random.random(),
+                                  "per_model": {"peer": {"unconverged": float("nan"), "ratio": (1.0, float("inf"))}}},
+                           summary="ok")
 
     @claim("t-boom", title="Tiny error", paper="", suites=())
     def boom(ctx: BenchContext) -> ClaimResult:
@@ -105,6 +107,14 @@ def test_interruption_leaves_complete_results(tmp_path: Path, tiny_claims: None)
     assert [(c["name"], c["status"]) for c in results["claims"]] == [("t-ok", "held"), ("t-stop", "interrupted")]
     assert results["claims"][0]["rows"][0]["ratio"] == pytest.approx(3.0)
     assert "**Interrupted.**" in (tmp_path / "report.md").read_text()
+
+
+def test_non_finite_setup_values_are_written_as_null(tmp_path: Path, tiny_claims: None) -> None:
+    """A NaN anywhere in a claim's setup (a peer with no solver statistics, a diverged run) must not stop the
+    results file from being written: strict JSON has no NaN, so it becomes null."""
+    run_suite("quick", only=["t-ok"], out_dir=tmp_path, progress=False, echo=lambda s: None)
+    setup = assert_valid(tmp_path)["claims"][0]["setup"]
+    assert setup["per_model"] == {"peer": {"unconverged": None, "ratio": [1.0, None]}}
 
 
 def test_claims_are_seeded_independently_of_order(tmp_path: Path, tiny_claims: None) -> None:

@@ -100,6 +100,18 @@ class Row:
                 "held": self.held, "why": self.why}
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf: "not measured" or a diverged run) replaced by ``None``,
+    recursively through dicts, lists and tuples, so that the results file stays strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 @dataclass(kw_only=True)
 class ClaimResult:
     """What a claim returns: its rows plus what the report shows around them.

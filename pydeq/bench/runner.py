@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pydeq.bench.claim import REGISTRY, BenchContext, Claim, ClaimResult, SkipClaim, seed_everything
+from pydeq.bench.claim import REGISTRY, BenchContext, Claim, ClaimResult, SkipClaim, json_safe, seed_everything
 from pydeq.bench.claims import discover
 from pydeq.bench.plots import plot_claim
 from pydeq.bench.report import write_report
@@ -66,9 +66,10 @@ def _record(claim: Claim, status: str, elapsed: float, result: ClaimResult | Non
     return {
         "name": claim.name, "title": claim.title, "paper": claim.paper, "status": status, "elapsed_s": elapsed,
         "summary": result.summary if result else "", "notes": result.notes if result else "",
-        "setup": result.setup if result else {}, "rows": [r.to_json() for r in result.rows] if result else [],
-        "series": {k: {m: [float(v) if v == v and abs(v) != float("inf") else None for v in vals]
-                       for m, vals in by.items()} for k, by in result.series.items()} if result else {},
+        "setup": json_safe(result.setup) if result else {},
+        "rows": [r.to_json() for r in result.rows] if result else [],
+        "series": {k: {m: [json_safe(float(v)) for v in vals] for m, vals in by.items()}
+                   for k, by in result.series.items()} if result else {},
         "plots": [], "error": error,
     }
 

@@ -144,7 +144,7 @@ def _table(names: list[str], m: dict[str, dict[str, float]], params: dict[str, i
                      f"{_paper_cell(k, 2)} / {m[k]['train_s']:.3f}", f"{_paper_cell(k, 3)} / {m[k]['backward_s']:.3f}",
                      f"{_paper_cell(k, 4)} / {m[k]['predict_s']:.3f}",
                      f"{m[k]['nfe_forward']:.1f} / {m[k]['nfe_backward']:.1f} / {m[k]['nfe_eval']:.1f}",
-                     f"{100 * m[k]['unconverged']:.0f}%" if m[k]["unconverged"] == m[k]["unconverged"] else "–"])
+                     f"{100 * m[k]['unconverged']:.0f}%" if m[k]["unconverged"] is not None else "–"])
     return paper_table(["model", "params (paper / here)", "acc % (paper / here)", "train s/batch (paper / here)",
                         "backward s/batch", "predict s/batch", "NFE fwd / bwd / eval (here)",
                         "train solves unconverged (here)"], rows)
@@ -205,7 +205,7 @@ def _metrics(run: Run, predict: dict, evaluated: dict[str, dict[str, float]]) ->
         out[k] = {"accuracy": evaluated[k]["accuracy"], "train_s": step_time[k].median,
                   "backward_s": backward_time[k].median, "predict_s": predict[k].median,
                   "nfe_forward": mean(recs, "nfe"), "nfe_backward": mean(recs, "nfe_backward"),
-                  "nfe_eval": evaluated[k]["nfe"], "unconverged": float("nan") if unconverged is None else unconverged}
+                  "nfe_eval": evaluated[k]["nfe"], "unconverged": unconverged}
     return out
 
 
