@@ -141,14 +141,9 @@ def _torchdiffeq_row(ctx: BenchContext, model: Classifier, x: Tensor, y: Tensor)
                    "size (a batched call serves the samples still running), torchdiffeq the batch with one")
 
 
-@claim("homoode", title="HomoODE vs DEQ, neural ODE and augmented neural ODE at a matched parameter budget",
-       paper=PAPER, data=("mnist",))
-def homoode_claim(ctx: BenchContext) -> ClaimResult:
-    n_train, n_test = ctx.scale(quick=2048, paper=20_000), ctx.scale(quick=1000, paper=10_000)
-    epochs, batch = ctx.scale(quick=3, paper=10), ctx.scale(quick=64, paper=64)
-    (x, y), (xt, yt) = mnist(ctx, n_train, n_test, prepare=partial(flatten, pool=2))
-    x, y, xt, yt = (t.to(ctx.device) for t in (x, y, xt, yt))
-
+def _models_at_budget(ctx: BenchContext) -> tuple[dict[str, Classifier], dict[str, int]]:
+    """HomoODE and the peers at HomoODE's parameter count (widths matched, ±10% or an error); the z0 = 0
+    variant shares HomoODE's g and head."""
     torch.manual_seed(ctx.seed)
     homo = build("homoode", HIDDEN).to(ctx.device)
     budget = parameter_count(homo)
@@ -159,11 +154,72 @@ def homoode_claim(ctx: BenchContext) -> ClaimResult:
         torch.manual_seed(ctx.seed)
         models[k] = build(k, widths[k]).to(ctx.device)
     models["homoode-z0=0"].load_state_dict(homo.state_dict(), strict=False)  # same g and head as homoode
-    params = {k: parameter_count(m) for k, m in models.items()}
-    off = {k: (n - budget) / budget for k, n in params.items()}
+    off = {k: (parameter_count(m) - budget) / budget for k, m in models.items()}
     bad = {k: v for k, v in off.items() if abs(v) > BUDGET_TOL}
     if bad:
         raise RuntimeError(f"parameter budgets off by more than ±10% of HomoODE's {budget}: {bad}")
+    return models, widths
+
+
+def _accuracy_row(peer: str, acc: dict, nfe: dict, memory_end: dict, params: dict, epochs: int,
+                  n_train: int) -> Row:
+    d = 100 * (acc["homoode"] - acc[peer])
+    mem = memory_end[peer] / memory_end["homoode"]
+    return Row(
+        method="homoode", peer=peer, quantity="test accuracy (points); memory and NFE beside it",
+        ratio=acc["homoode"] / max(acc[peer], 1e-12), target=1.0,
+        paper_figure="better accuracy and lower memory than existing implicit models (tables not retrieved)",
+        measured_figure=f"{100 * acc['homoode']:.1f}% vs {100 * acc[peer]:.1f}% ({d:+.1f}); saved-tensor memory "
+                        f"{peer}/homoode {mem:.2f}×; NFE {nfe['homoode']:.0f} vs {nfe[peer]:.0f}",
+        metrics={"accuracy": acc["homoode"], "peer_accuracy": acc[peer], "saved_bytes": memory_end["homoode"],
+                 "peer_saved_bytes": memory_end[peer], "nfe": nfe["homoode"], "peer_nfe": nfe[peer],
+                 "params": params["homoode"], "peer_params": params[peer]},
+        held=d >= 0.0,
+        why=f"held = HomoODE's test accuracy ≥ {peer}'s after {epochs} epochs on {n_train} examples "
+            f"({d:+.1f} points); a short run, so a difference of a point or two is within seed noise")
+
+
+def _memory_row(memory_end: dict) -> Row:
+    mem_deq = memory_end["deq"] / memory_end["homoode"]
+    return Row(
+        method="homoode", peer="deq", quantity="activation memory of a training step (peer/homoode)",
+        ratio=mem_deq, target=1.0, paper_figure="lower memory than existing implicit models",
+        measured_figure=f"{mem_deq:.2f}× ({memory_end['homoode'] / 2**20:.2f} MiB vs "
+                        f"{memory_end['deq'] / 2**20:.2f} MiB)",
+        metrics={"saved_bytes": memory_end["homoode"], "peer_saved_bytes": memory_end["deq"],
+                 **{f"saved_bytes_{k}": float(v) for k, v in memory_end.items()}},
+        held=mem_deq >= 1.0,
+        why=("held = HomoODE saves no more than the DEQ" if mem_deq >= 1.0 else
+             "not held: HomoODE back-propagates through the solver (the authors' default), so it saves every "
+             "stage of every step (memory grows with NFE), while the DEQ's implicit gradient saves one f call"))
+
+
+def _initial_point_row(acc: dict, nfe: dict, epochs: int) -> Row:
+    ratio = nfe["homoode-z0=0"] / max(nfe["homoode"], 1.0)
+    return Row(
+        method="homoode", peer="homoode-z0=0", quantity="forward NFE without / with the shared initial point",
+        ratio=ratio, target=1.0, paper_figure="the shared learnable initial point cuts NFE (tables not retrieved)",
+        measured_figure=f"{ratio:.2f}× (NFE {nfe['homoode']:.0f} with vs {nfe['homoode-z0=0']:.0f} without; "
+                        f"accuracy {100 * acc['homoode']:.1f}% vs {100 * acc['homoode-z0=0']:.1f}%)",
+        metrics={"nfe": nfe["homoode"], "peer_nfe": nfe["homoode-z0=0"], "accuracy": acc["homoode"],
+                 "peer_accuracy": acc["homoode-z0=0"]},
+        held=ratio > 1.0,
+        why=f"held = fewer test-time NFE with the shared initial point ({ratio:.2f}× {'>' if ratio > 1 else '≤'} 1)"
+            + ("" if ratio > 1 else f"; after {epochs} short epochs z0 has moved little from 0, where both start"))
+
+
+@claim("homoode", title="HomoODE vs DEQ, neural ODE and augmented neural ODE at a matched parameter budget",
+       paper=PAPER, data=("mnist",))
+def homoode_claim(ctx: BenchContext) -> ClaimResult:
+    n_train, n_test = ctx.scale(quick=2048, paper=20_000), ctx.scale(quick=1000, paper=10_000)
+    epochs, batch = ctx.scale(quick=3, paper=10), ctx.scale(quick=64, paper=64)
+    (x, y), (xt, yt) = mnist(ctx, n_train, n_test, prepare=partial(flatten, pool=2))
+    x, y, xt, yt = (t.to(ctx.device) for t in (x, y, xt, yt))
+
+    models, widths = _models_at_budget(ctx)
+    budget = parameter_count(models["homoode"])
+    params = {k: parameter_count(m) for k, m in models.items()}
+    off = {k: (n - budget) / budget for k, n in params.items()}
 
     xb, yb = x[:batch], y[:batch]
     memory = {k: _peak_memory(m, xb, yb) for k, m in models.items()}  # at initialisation: before any training
@@ -176,46 +232,8 @@ def homoode_claim(ctx: BenchContext) -> ClaimResult:
     acc = {k: v[-1] for k, v in series["accuracy"].items()}
     nfe = {k: v[-1] for k, v in series["test_nfe_per_epoch"].items()}
 
-    rows = []
-    for peer in ("deq", "node", "anode"):
-        d = 100 * (acc["homoode"] - acc[peer])
-        mem = memory_end[peer] / memory_end["homoode"]
-        held = d >= 0.0
-        rows.append(Row(
-            method="homoode", peer=peer, quantity="test accuracy (points); memory and NFE beside it",
-            ratio=acc["homoode"] / max(acc[peer], 1e-12), target=1.0,
-            paper_figure="better accuracy and lower memory than existing implicit models (tables not retrieved)",
-            measured_figure=f"{100 * acc['homoode']:.1f}% vs {100 * acc[peer]:.1f}% ({d:+.1f}); saved-tensor memory "
-                            f"{peer}/homoode {mem:.2f}×; NFE {nfe['homoode']:.0f} vs {nfe[peer]:.0f}",
-            metrics={"accuracy": acc["homoode"], "peer_accuracy": acc[peer], "saved_bytes": memory_end["homoode"],
-                     "peer_saved_bytes": memory_end[peer], "nfe": nfe["homoode"], "peer_nfe": nfe[peer],
-                     "params": params["homoode"], "peer_params": params[peer]},
-            held=held,
-            why=f"held = HomoODE's test accuracy ≥ {peer}'s after {epochs} epochs on {n_train} examples "
-                f"({d:+.1f} points); a short run, so a difference of a point or two is within seed noise"))
-    mem_deq = memory_end["deq"] / memory_end["homoode"]
-    rows.append(Row(
-        method="homoode", peer="deq", quantity="activation memory of a training step (peer/homoode)",
-        ratio=mem_deq, target=1.0, paper_figure="lower memory than existing implicit models",
-        measured_figure=f"{mem_deq:.2f}× ({memory_end['homoode'] / 2**20:.2f} MiB vs "
-                        f"{memory_end['deq'] / 2**20:.2f} MiB)",
-        metrics={"saved_bytes": memory_end["homoode"], "peer_saved_bytes": memory_end["deq"],
-                 **{f"saved_bytes_{k}": float(v) for k, v in memory_end.items()}},
-        held=mem_deq >= 1.0,
-        why=("held = HomoODE saves no more than the DEQ" if mem_deq >= 1.0 else
-             "not held: HomoODE back-propagates through the solver (the authors' default), so it saves every "
-             "stage of every step (memory grows with NFE), while the DEQ's implicit gradient saves one f call")))
-    ratio = nfe["homoode-z0=0"] / max(nfe["homoode"], 1.0)
-    rows.append(Row(
-        method="homoode", peer="homoode-z0=0", quantity="forward NFE without / with the shared initial point",
-        ratio=ratio, target=1.0, paper_figure="the shared learnable initial point cuts NFE (tables not retrieved)",
-        measured_figure=f"{ratio:.2f}× (NFE {nfe['homoode']:.0f} with vs {nfe['homoode-z0=0']:.0f} without; "
-                        f"accuracy {100 * acc['homoode']:.1f}% vs {100 * acc['homoode-z0=0']:.1f}%)",
-        metrics={"nfe": nfe["homoode"], "peer_nfe": nfe["homoode-z0=0"], "accuracy": acc["homoode"],
-                 "peer_accuracy": acc["homoode-z0=0"]},
-        held=ratio > 1.0,
-        why=f"held = fewer test-time NFE with the shared initial point ({ratio:.2f}× {'>' if ratio > 1 else '≤'} 1)"
-            + ("" if ratio > 1 else f"; after {epochs} short epochs z0 has moved little from 0, where both start")))
+    rows = [_accuracy_row(peer, acc, nfe, memory_end, params, epochs, n_train) for peer in ("deq", "node", "anode")]
+    rows += [_memory_row(memory_end), _initial_point_row(acc, nfe, epochs)]
     peer_row = _torchdiffeq_row(ctx, models["node"], xb, yb)
     if peer_row is not None:
         rows.append(peer_row)
