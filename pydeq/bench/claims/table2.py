@@ -6,9 +6,10 @@ parameters, the paper's): Vanilla / Skip / Skip Reg, each discrete (``Broyden``,
 stopping as the reference's ``rel_norm``), implicit gradients by GMRES (relative 5e-2, at most 20 VJPs), and the
 neural ODE ``du/dt = f(u, x) − u`` over [0, 1] trained with pydeq's continuous adjoint ``BacksolveAdjoint``. The
 paper's neural ODE used VCAB3 and SciMLSensitivity's InterpolatingAdjoint (a continuous adjoint that interpolates
-the stored forward solution instead of re-integrating it backwards); pydeq has no interpolating adjoint, and its
-``odeint`` does not take VCAB3 yet, so the neural ODE integrates with :data:`NODE_METHOD` (Tsit5) — a one-line
-switch. λ_skip 0.01; Adam 1e-3 with weight decay 2.5e-5 (constant: no cosine schedule over so few steps).
+the stored forward solution instead of re-integrating it backwards); pydeq has no interpolating adjoint, and
+``odeint`` differentiates VCAB3 only by back-propagation through its steps (``DirectAdjoint``), not by a
+continuous adjoint, so this row integrates with :data:`NODE_METHOD` (Tsit5). λ_skip 0.01; Adam 1e-3 with weight
+decay 2.5e-5 (constant: no cosine schedule over so few steps).
 
 Schedule, scaled down from the paper's 3,000 unrolled pretraining steps + 17,000 steps at batch 128 (about 10 s per
 step of one model here): ``pretrain`` unrolled steps per model kind (``PRETRAIN_DEPTH`` applications of f, ordinary
@@ -42,7 +43,7 @@ __all__ = ["NODE_METHOD", "PAPER_TABLE2", "ROWS", "cdeq_table2", "make_cores", "
 PAPER = "Pal, Edelman & Rackauckas (2022), arXiv 2201.12240, Table 2"
 TOL, FWD_STEPS, BWD_STEPS, SKIP_WEIGHT, LR, WEIGHT_DECAY = 5e-2, 18, 20, 0.01, 1e-3, 2.5e-5
 PRETRAIN_DEPTH = 5  # f applications per unrolled pretraining step: pydeq's choice (the reference's not checked)
-NODE_METHOD = pydeq.Tsit5  # the paper's is VCAB3: switch to pydeq.VCAB3 once pydeq.odeint accepts it
+NODE_METHOD = pydeq.Tsit5  # the paper's is VCAB3, which pydeq's BacksolveAdjoint refuses (DirectAdjoint only)
 ROWS = ("vanilla-d", "vanilla-c", "skip-d", "skip-c", "skipreg-d", "skipreg-c", "node")
 PEERS = ("torchdiffeq-adjoint", "torchdeq-broyden")
 # (mean, std): params, accuracy %, train / backward / predict s per batch (GPU, batch 128)
