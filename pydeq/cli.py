@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,10 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_positive_int, default=None,
                        help="torch CPU threads (default: 1 on cpu, since intra-op threads slow the "
                        "benchmarks' tiny kernels up to 100x on a 2-core machine; torch's default on cuda)")
+    bench.add_argument("--jobs", type=_positive_int, default=None,
+                       help="processes a claim may run its independent parts in (Table 1's two halves); results "
+                            "do not depend on it (default: on cpu as many as the cores allow at --threads each, "
+                            "at most 2; 1 on cuda)")
     bench.add_argument("--no-fetch", action="store_true", help="skip claims whose data is missing instead of "
                                                                "fetching it")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def _default_jobs(device: str) -> int:
+    """Processes for a claim's independent parts: one per core at torch's thread count, at most 2; 1 on cuda."""
+    import torch
+
+    if device != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(2, cores // torch.get_num_threads()))
 
 
 def _check_device(parser: argparse.ArgumentParser, text: str) -> str:
@@ -215,7 +230,8 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
     try:
         results = run_suite(args.suite, out_dir=out, only=args.only, seed=args.seed, device=device,
                             backend=args.backend, repeats=args.repeats, data_dir=args.data,
-                            progress=not args.no_progress, fetch=not args.no_fetch, argv=["pydeq", *argv])
+                            progress=not args.no_progress, fetch=not args.no_fetch, argv=["pydeq", *argv],
+                            jobs=args.jobs if args.jobs is not None else _default_jobs(args.device))
     finally:
         torch.set_num_threads(threads)  # main() may run inside a longer process (tests, notebooks)
     from pydeq.bench.report import summary_table

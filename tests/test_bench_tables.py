@@ -117,6 +117,27 @@ def test_table1_runs_every_row(monkeypatch: pytest.MonkeyPatch, suite: str) -> N
     assert "| Skip Reg | yes |" in result.notes and "138K / 134,538" in result.notes
 
 
+def test_table1_gives_the_same_numbers_in_one_process_or_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two lock-step groups and the peers share nothing: only the wall times may differ with ``jobs``."""
+    monkeypatch.setattr(table1, "QUICK_STEPS", 3)
+    runs = {}
+    for jobs in (1, 2):
+        ctx = _ctx(monkeypatch, "quick", n=64)
+        ctx.jobs = jobs
+        runs[jobs] = table1.cdeq_table1(ctx)
+    one, two = runs[1], runs[2]
+    assert two.setup["jobs"] == 2 and two.setup["groups"] == [list(g) for g in table1.GROUPS]
+    untimed = ("accuracy", "nfe", "depth", "converged")
+    for c in CONFIGS:
+        assert {k: one.setup["final"][c][k] for k in untimed} == {k: two.setup["final"][c][k] for k in untimed}
+    assert one.setup["train_converged"] == two.setup["train_converged"] and one.setup["params"] == two.setup["params"]
+    for name in ("accuracy", "nfe_per_epoch", "depth_per_epoch", "loss"):
+        assert one.series[name] == two.series[name] and list(one.series[name]) == list(CONFIGS)
+    peers = [{(r.method, r.peer): r.why for r in res.rows if r.paper_figure == "(peer comparison, no claim)"}
+             for res in (one, two)]
+    assert peers[0] == peers[1] and len(peers[0]) >= 2  # forward NFE and accuracy, in the rows' text
+
+
 @pytest.mark.parametrize("suite", ["quick", "paper"])
 def test_table2_runs_every_row(monkeypatch: pytest.MonkeyPatch, suite: str) -> None:
     monkeypatch.setattr(table2, "tiny_backbone", lambda: _mdeq_tiny.tiny_backbone(channels=8))

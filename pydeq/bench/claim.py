@@ -141,7 +141,8 @@ class BenchContext:
     """Everything a claim may use: seed, device, backend, repeats, data and output folders, progress bars.
 
     ``engines`` records which engine ran each method (filled by :func:`pydeq.bench.routing.route` under
-    ``--backend julia``; the runner labels the rows from it).
+    ``--backend julia``; the runner labels the rows from it). ``jobs``: how many processes a claim may run its
+    independent parts in (:func:`pydeq.bench.parallel.in_processes`; ``--jobs``).
     """
 
     suite: str
@@ -154,6 +155,7 @@ class BenchContext:
     progress: bool = True
     fetch: bool = True
     engines: dict[str, Any] = field(default_factory=dict)
+    jobs: int = 1
 
     def scale(self, *, quick: Any, paper: Any) -> Any:
         """Pick a size by suite: ``paper`` for the paper suite, ``quick`` otherwise."""

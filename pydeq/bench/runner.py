@@ -118,15 +118,21 @@ def _new_results(suite: str, argv: Sequence[str] | None, device: torch.device, c
 def run_suite(suite: str, *, out_dir: str | Path, only: Sequence[str] | None = None, seed: int = 0,
               device: str | torch.device = "cpu", backend: str = "native", repeats: int | None = None,
               data_dir: str | Path | None = None, progress: bool = True, fetch: bool = True,
-              argv: Sequence[str] | None = None, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+              argv: Sequence[str] | None = None, echo: Callable[[str], None] | None = None,
+              jobs: int = 1) -> dict[str, Any]:
     """Run the claims of ``suite`` (or just ``only``) and write results, report and plots into ``out_dir``.
 
     Returns the results record (see :mod:`pydeq.bench.schema`); its ``status`` is ``"interrupted"`` when a
     ``KeyboardInterrupt`` stopped the run, in which case everything that finished is already on disk.
     ``echo`` receives one line per finished claim (default: stderr, above the progress bars);
-    :func:`pydeq.bench.report.summary_table` formats the returned record for a terminal.
+    :func:`pydeq.bench.report.summary_table` formats the returned record for a terminal. ``jobs``: processes a
+    claim may run its independent parts in (:func:`pydeq.bench.parallel.in_processes`; results do not depend
+    on it, only the wall time does).
     """
     from tqdm import tqdm
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1 (processes a claim may use); got {jobs!r}.")
 
     out_dir, device = Path(out_dir), torch.device(device)
     echo = echo or (lambda s: tqdm.write(s, file=sys.stderr))
@@ -136,7 +142,7 @@ def run_suite(suite: str, *, out_dir: str | Path, only: Sequence[str] | None = N
     results = _new_results(suite, argv, device, {
         "seed": seed, "device": str(device), "backend": backend, "repeats": repeats,
         "data_dir": None if data_dir is None else str(data_dir), "out_dir": str(out_dir),
-        "only": list(only) if only else None})
+        "only": list(only) if only else None, "jobs": jobs})
 
     def save() -> None:
         results["elapsed_s"] = time.perf_counter() - start
@@ -148,7 +154,7 @@ def run_suite(suite: str, *, out_dir: str | Path, only: Sequence[str] | None = N
 
         save()
     ctx_args = dict(suite=suite, seed=seed, device=device, backend=backend, repeats=repeats, out_dir=out_dir,
-                    data_dir=None if data_dir is None else Path(data_dir), progress=progress, fetch=fetch)
+                    data_dir=None if data_dir is None else Path(data_dir), progress=progress, fetch=fetch, jobs=jobs)
     bar = tqdm(selected, desc=f"pydeq bench {suite}", unit="claim", disable=not progress, dynamic_ncols=True)
     current: Claim | None = None
     t_claim = time.perf_counter()

@@ -9,7 +9,7 @@
     status          "running" | "complete" | "interrupted"
     started_at, finished_at (ISO 8601, UTC; finished_at null while running), elapsed_s
     argv            the command line
-    config          seed, device, backend, repeats, data_dir, out_dir, only (claim names or null)
+    config          seed, device, backend, repeats, data_dir, out_dir, only (claim names or null), jobs
     machine         measured machine facts: cpu, cores, memory, torch/numpy/python versions, threads,
                     GPU, git commit, a matmul GFLOP/s calibration (see pydeq.bench.system)
     claims          one object per claim, in run order (below)
@@ -93,7 +93,8 @@ SCHEMA: dict[str, Any] = {
             "required": ["seed", "device", "backend", "repeats", "data_dir", "out_dir", "only"],
             "properties": {"seed": {"type": "integer"}, "device": _STR, "backend": _STR,
                            "repeats": {"type": "integer", "minimum": 1}, "data_dir": _OPT_STR, "out_dir": _STR,
-                           "only": {"type": ["array", "null"], "items": _STR}},
+                           "only": {"type": ["array", "null"], "items": _STR},
+                           "jobs": {"type": "integer", "minimum": 1}},
         },
         "machine": MACHINE,
         "claims": {"type": "array", "items": CLAIM},

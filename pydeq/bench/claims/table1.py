@@ -5,9 +5,12 @@ The reference script's model (:func:`pydeq.bench.claims._table1.dense_model` wit
 151,050 with the Skip DEQ's predictor), ``SteadyState(Tsit5(rtol=5e-3, atol=5e-3), rtol=5e-3, atol=5e-3,
 max_steps=50)``, implicit gradients, batch 32, Adam 1e-3 (constant), λ_skip 0.01, λ_jac 1.0 on the ``-jac`` rows.
 The paper suite trains 25 epochs of all 60,000 training images and tests on all 10,000 (the paper's scale); the
-quick suite trains ``QUICK_STEPS`` steps. The six models train interleaved, one step each in turn (the order rotated
-every step), on the same batches from the same seed, so machine drift hits all alike; their training times are the
-sums of their step times (evaluation excluded), and the speed-up rows compare medians of per-step times.
+quick suite trains ``QUICK_STEPS`` steps. The models train in two lock-step groups (:data:`GROUPS`: the three
+without Jacobian regularisation, the three with it), one step each in turn (the order rotated every step), on the
+same batches from the same seed, so machine drift hits a group's models alike; every speed-up row compares two
+models of one group. Under ``--jobs 2`` the two groups (and the peer rows) run side by side in two processes, one
+core each; the results do not depend on it. Training times are the sums of the step times (evaluation excluded),
+and the speed-up rows compare medians of per-step times.
 
 Columns as the paper's: parameters, test accuracy, test NFE (f calls per test batch of 32) and test depth (mean
 solver steps per sample; the paper's "NFE" behaves like depth: 18.3 / 5.0 / 4.0), training time, prediction time
@@ -38,13 +41,15 @@ from pydeq.bench.claims._models import Backbone, Net, TorchDEQCore, build, train
 from pydeq.bench.claims._paper import band_row, paper_table, ratio_band
 from pydeq.bench.claims._table1 import BATCH, CONFIGS, LR, TOL, WIDTH, DenseModel, dense_model, table1_solver
 from pydeq.bench.claims._training import Trainee, mean, mnist, train_lockstep
+from pydeq.bench.parallel import in_processes
 
-__all__ = ["PAPER_TABLE1", "QUICK_STEPS", "cdeq_table1", "train_table1"]
+__all__ = ["GROUPS", "PAPER_TABLE1", "QUICK_STEPS", "cdeq_table1", "train_table1"]
 
 PAPER = "Pal, Edelman & Rackauckas (2022), arXiv 2201.12240, Table 1"
 QUICK_STEPS = 100
 PAPER_STEPS = 25 * 60_000 // 32  # 46,875
 CURVE_IMAGES = 1_000
+GROUPS = (("vanilla", "skip", "skipreg"), ("vanilla-jac", "skip-jac", "skipreg-jac"))
 # (mean, std): params (K), accuracy %, test NFE, training minutes, prediction s per batch (GPU)
 PAPER_TABLE1 = {
     "vanilla": (138, (97.926, 0.107), (18.345, 0.732), (5.197, 1.106), (0.038, 0.009)),
@@ -60,7 +65,7 @@ _LABELS = {"vanilla": "Vanilla", "vanilla-jac": "Vanilla + Jac", "skip": "Skip",
 
 def train_table1(ctx: BenchContext, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], *, epochs: int,
                  steps: int | None = None, configs: tuple[str, ...] = CONFIGS) -> dict[str, Any]:
-    """Train the six models lock-step for ``epochs`` (or only ``steps`` steps) and measure them."""
+    """Train the ``configs`` models lock-step for ``epochs`` (or only ``steps`` steps) and measure them."""
     models = {c: dense_model(c, ctx.seed, reference=True).to(ctx.device) for c in configs}
     curve = (test[0][:CURVE_IMAGES].to(ctx.device), test[1][:CURVE_IMAGES].to(ctx.device))
     trainees = {c: Trainee(torch.optim.Adam(m.parameters(), lr=LR), m.loss, lambda m=m: m.evaluate(*curve))
@@ -76,7 +81,7 @@ def train_table1(ctx: BenchContext, train: tuple[Tensor, Tensor], test: tuple[Te
             "params": {c: sum(p.numel() for p in m.parameters()) for c, m in models.items()},
             "train_s": {c: sum(r["step"] for r in recs) for c, recs in run.steps.items()},
             "train_converged": {c: mean(recs, "converged") for c, recs in run.steps.items()},
-            "steps": {c: len(recs) for c, recs in run.steps.items()}, "models": models}
+            "steps": {c: len(recs) for c, recs in run.steps.items()}}
 
 
 def _rows(run: dict[str, Any], full: bool, scale: str) -> list[Row]:
@@ -197,6 +202,24 @@ def _peers(ctx: BenchContext, train: tuple, test: tuple, steps: int) -> tuple[li
     return rows, {"peer_steps": n // BATCH, "peer_methods": list(nets)}
 
 
+def _part(ctx: BenchContext, *, part: tuple[str, ...] | None, train: tuple[Tensor, Tensor],
+          test: tuple[Tensor, Tensor], epochs: int, steps: int | None, peer_steps: int) -> Any:
+    """One independent part of the claim: a group of models trained lock-step, or (``None``) the peer rows."""
+    if part is None:
+        return _peers(ctx, train, test, peer_steps)
+    return train_table1(ctx, train, test, epochs=epochs, steps=steps, configs=part)
+
+
+def _merge(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The groups' measurements as one run's, keyed by configuration in :data:`CONFIGS`' order."""
+    def join(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        union = {k: v for p in parts for k, v in p.items()}
+        return {c: union[c] for c in CONFIGS if c in union}
+
+    series = {s: join([g["series"][s] for g in groups]) for s in groups[0]["series"]}
+    return {"series": series, **{k: join([g[k] for g in groups]) for k in groups[0] if k != "series"}}
+
+
 @claim("cdeq-table1", title="Pal et al. Table 1: MNIST dense continuous DEQs (Vanilla / Skip / Skip Reg, ± "
        "Jacobian regularisation)", paper=PAPER, data=("mnist",))
 def cdeq_table1(ctx: BenchContext) -> ClaimResult:
@@ -205,13 +228,14 @@ def cdeq_table1(ctx: BenchContext) -> ClaimResult:
     train, test = mnist(ctx, ctx.scale(quick=QUICK_STEPS * BATCH, paper=60_000),
                          ctx.scale(quick=1_000, paper=10_000))
     t0 = time.perf_counter()
-    run = train_table1(ctx, train, test, epochs=epochs, steps=steps)
+    shared = dict(train=train, test=test, epochs=epochs, steps=steps, peer_steps=ctx.scale(quick=25, paper=625))
+    *groups, (peer_rows, peer_setup) = in_processes(ctx, _part, [dict(part=p, **shared) for p in (*GROUPS, None)])
+    run = _merge(groups)
     elapsed = time.perf_counter() - t0
     n_steps = run["steps"]["vanilla"]
     scale = (f"{epochs} epochs of {len(train[0]):,} images ({n_steps:,} steps), {len(test[0]):,} test images"
              if full else f"{n_steps} steps of batch {BATCH}, {len(test[0]):,} test images")
     rows = _rows(run, full, scale)
-    peer_rows, peer_setup = _peers(ctx, train, test, ctx.scale(quick=25, paper=625))
     return ClaimResult(
         rows=rows + peer_rows,
         series={k: v for k, v in run["series"].items()},
@@ -220,6 +244,7 @@ def cdeq_table1(ctx: BenchContext) -> ClaimResult:
                "solver": "SteadyState(Tsit5(rtol=5e-3, atol=5e-3), rtol=5e-3, atol=5e-3, max_steps=50)",
                "model": "tanh(Linear(784, 128)); f(z, x) = tanh(U z) + tanh(V x); Linear(128, 10)",
                "params": run["params"], "train_seconds": run["train_s"], "train_and_eval_seconds": elapsed,
-               "final": run["final"], "train_converged": run["train_converged"], **peer_setup},
+               "final": run["final"], "train_converged": run["train_converged"], "groups": [list(g) for g in GROUPS],
+               "jobs": ctx.jobs, **peer_setup},
         summary=f"Table 1 at {scale}. Times are this CPU's (1 thread) against the paper's GPU: compare ratios.",
         notes="Table 1 as the paper prints it, paper / measured:\n\n" + _table(run))

@@ -1,0 +1,83 @@
+"""``pydeq bench --jobs``: a claim's independent parts in worker processes, with results that do not depend on it."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from pydeq.bench import BenchContext
+from pydeq.bench.parallel import in_processes
+
+
+def _where(ctx: BenchContext, *, k: int, wait: float = 0.0) -> tuple[int, int, int, bool]:
+    time.sleep(wait)
+    return k * k, os.getpid(), torch.get_num_threads(), ctx.progress
+
+
+def _fails(ctx: BenchContext, *, k: int) -> int:
+    if k == 2:
+        raise RuntimeError(f"task {k} failed on purpose")
+    return k
+
+
+@pytest.fixture
+def _two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_one_job_runs_every_task_here_in_order() -> None:
+    ctx = BenchContext(suite="quick", jobs=1)
+    out = in_processes(ctx, _where, [dict(k=k) for k in range(4)])
+    assert [o[0] for o in out] == [0, 1, 4, 9] and {o[1] for o in out} == {os.getpid()}
+
+
+@pytest.mark.usefixtures("_two_threads")
+def test_two_jobs_share_the_tasks_with_a_worker_at_this_thread_count() -> None:
+    ctx = BenchContext(suite="quick", jobs=2, progress=True)
+    # task 0 (here) outlasts the worker's start, so the worker takes task 1; the rest go to whoever frees first
+    out = in_processes(ctx, _where, [dict(k=0, wait=8.0), *(dict(k=k) for k in range(1, 5))])
+    assert [o[0] for o in out] == [0, 1, 4, 9, 16]
+    here = os.getpid()
+    assert out[0][1] == here and out[1][1] != here and len({o[1] for o in out}) == 2  # one worker (jobs - 1)
+    assert all(o[2] == 2 for o in out)  # this process's thread count in the worker too
+    assert all(o[3] == (o[1] == here) for o in out)  # progress bars only here
+
+
+def test_a_workers_error_reaches_the_caller() -> None:
+    ctx = BenchContext(suite="quick", jobs=2)
+    with pytest.raises(RuntimeError, match="task 2 failed on purpose"):
+        in_processes(ctx, _fails, [dict(k=k) for k in range(3)])
+
+
+def test_run_suite_refuses_bad_jobs(tmp_path) -> None:
+    from pydeq.bench.runner import run_suite
+
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=r"jobs must be an int >= 1 .*got"):
+            run_suite("quick", out_dir=tmp_path, only=["steady-state-grid"], jobs=bad, progress=False)
+
+
+def _slow_then_interrupted(ctx: BenchContext, *, k: int) -> int:
+    if k == 0:
+        time.sleep(8.0)  # the worker is well into its task by now
+        raise KeyboardInterrupt  # as a Ctrl-C reaching this process mid-task
+    time.sleep(120)
+    return k
+
+
+def test_an_interrupt_here_stops_the_workers_at_once() -> None:
+    import multiprocessing
+
+    ctx = BenchContext(suite="quick", jobs=2)
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        in_processes(ctx, _slow_then_interrupted, [dict(k=k) for k in range(3)])
+    while multiprocessing.active_children() and time.perf_counter() - t0 < 30:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children() and time.perf_counter() - t0 < 30  # not the worker's 120 s
