@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from pydeq.bench import BenchContext, ClaimResult, SkipClaim
+from pydeq.bench import ClaimResult, SkipClaim
 from pydeq.bench.claims import continuous
 from pydeq.bench.claims._models import conv_backbone, mlp_backbone
 
@@ -15,28 +15,7 @@ SERIES = {"time_per_epoch", "nfe_per_epoch", "nfe_backward_per_epoch", "accuracy
 METHODS = {"cdeq", "skip-cdeq", "skipreg-cdeq", "node", "broyden", "newton-krylov", "node-backsolve", "torchdiffeq",
            "torchdiffeq-adjoint", "torchdeq-broyden"}
 PAPER_FIGURES = {"2–4×", "4.7–6.2×", "1.11–3.19×", "2.8–5.9×", "within about a point"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops: one thread avoids oversubscription on a shared machine (10-100x slower otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _ctx(monkeypatch: pytest.MonkeyPatch, n: int = 12) -> BenchContext:
-    """A quick-suite context whose data are ``n`` random images per split (never touches the cache)."""
-    ctx = BenchContext(suite="quick", progress=False, fetch=False)
-
-    def data(name: str, split: str = "train", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(len(name) + len(split))
-        shape = (1, 28, 28) if name == "mnist" else (3, 32, 32)
-        return torch.rand(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g)
-
-    monkeypatch.setattr(ctx, "data", data)
-    return ctx
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check(result: ClaimResult, methods: set[str] = METHODS) -> None:
@@ -64,14 +43,14 @@ def _check(result: ClaimResult, methods: set[str] = METHODS) -> None:
 
 @pytest.mark.parametrize(("fn", "methods"), [(continuous.cdeq_mlp_mnist, METHODS),
                                              (continuous.cdeq_conv_mnist, METHODS - {"newton-krylov"})])
-def test_mnist_claims_structure(monkeypatch: pytest.MonkeyPatch, fn, methods: set[str]) -> None:
-    _check(fn(_ctx(monkeypatch)), methods)
+def test_mnist_claims_structure(random_images_ctx, fn, methods: set[str]) -> None:
+    _check(fn(random_images_ctx(n=12)), methods)
 
 
-def test_multiscale_claim_structure(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multiscale_claim_structure(random_images_ctx) -> None:
     pytest.importorskip("pydeq.nn.multiscale")
     quick = {"cdeq", "skip-cdeq", "skipreg-cdeq", "node", "broyden", "torchdiffeq", "torchdeq-broyden"}
-    _check(continuous.cdeq_multiscale_cifar(_ctx(monkeypatch, n=4)), quick)
+    _check(continuous.cdeq_multiscale_cifar(random_images_ctx(n=4)), quick)
 
 
 @pytest.mark.parametrize("backbone", [mlp_backbone(8), conv_backbone(4)])
@@ -102,10 +81,10 @@ def test_nfe_counts_every_call_of_f() -> None:
     assert nets["cdeq"].backward_vjps() == sol.backward.nfe > 0
 
 
-def test_missing_peer_skips_with_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_peer_skips_with_advice(monkeypatch: pytest.MonkeyPatch, random_images_ctx) -> None:
     monkeypatch.setitem(sys.modules, "torchdeq", None)
     with pytest.raises(SkipClaim, match=r"pip install 'pydeq\[bench\]'"):
-        continuous.cdeq_mlp_mnist(_ctx(monkeypatch))
+        continuous.cdeq_mlp_mnist(random_images_ctx(n=12))
 
 
 def test_rows_between_capped_solves_give_no_verdict() -> None:

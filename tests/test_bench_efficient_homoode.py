@@ -12,6 +12,7 @@ from pydeq.bench import BenchContext, ClaimResult
 from pydeq.bench.claims import _homoode, efficient, homoode
 from pydeq.bench.claims.homoode import BUDGET_TOL, matched_width, saved_tensor_bytes
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_data(name: str, split: str = "train", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """64 MNIST-shaped examples whose class is readable from a bright block (ignores ``limit``)."""
@@ -22,15 +23,6 @@ def tiny_data(name: str, split: str = "train", limit: int | None = None) -> tupl
     for i, c in enumerate(y.tolist()):
         x[i, 0, 2 * c:2 * c + 4, 4:24] = 1.0
     return x, y
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-off costs that dominate on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

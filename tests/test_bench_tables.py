@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pydeq.bench import BenchContext, ClaimResult
+from pydeq.bench import ClaimResult
 from pydeq.bench.claim import Row
 from pydeq.bench.claims import _mdeq_tiny, table1, table2
 from pydeq.bench.claims._mdeq_tiny import count_parameters, tiny_backbone
@@ -19,27 +19,8 @@ from pydeq.bench.report import render_markdown
 from pydeq.bench.timing import Timing
 from pydeq.nn._mdeq_blocks import Fusion, ResidualBlock, Stem
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _ctx(monkeypatch: pytest.MonkeyPatch, suite: str = "quick", n: int = 8) -> BenchContext:
-    """A context whose data are ``n`` random images per split and whose sizes are always the quick ones."""
-    ctx = BenchContext(suite=suite, progress=False, fetch=False, repeats=1)
-
-    def data(name: str, split: str = "train", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(len(name) + len(split))
-        shape = (1, 28, 28) if name == "mnist" else (3, 32, 32)
-        return torch.rand(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g)
-
-    monkeypatch.setattr(ctx, "data", data)
-    monkeypatch.setattr(ctx, "scale", lambda *, quick, paper: quick)
-    return ctx
 
 
 def test_tiny_mdeq_has_the_papers_parameter_counts() -> None:
@@ -97,10 +78,10 @@ def _check_rows(result: ClaimResult) -> dict:
 
 
 @pytest.mark.parametrize("suite", ["quick", "paper"])
-def test_table1_runs_every_row(monkeypatch: pytest.MonkeyPatch, suite: str) -> None:
+def test_table1_runs_every_row(monkeypatch: pytest.MonkeyPatch, random_images_ctx, suite: str) -> None:
     monkeypatch.setattr(table1, "QUICK_STEPS", 2)
     monkeypatch.setattr(table1, "CURVE_IMAGES", 8)
-    result = table1.cdeq_table1(_ctx(monkeypatch, suite, n=64))
+    result = table1.cdeq_table1(random_images_ctx(suite, n=64, quick_sizes=True, repeats=1))
     rows = _check_rows(result)
     for c in CONFIGS:
         acc = rows[(c, None, "test accuracy (points)")]
@@ -117,13 +98,13 @@ def test_table1_runs_every_row(monkeypatch: pytest.MonkeyPatch, suite: str) -> N
     assert "| Skip Reg | yes |" in result.notes and "138K / 134,538" in result.notes
 
 
-def test_table1_gives_the_same_numbers_in_one_process_or_two(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_table1_gives_the_same_numbers_in_one_process_or_two(monkeypatch: pytest.MonkeyPatch,
+                                                             random_images_ctx) -> None:
     """The two lock-step groups and the peers share nothing: only the wall times may differ with ``jobs``."""
     monkeypatch.setattr(table1, "QUICK_STEPS", 3)
     runs = {}
     for jobs in (1, 2):
-        ctx = _ctx(monkeypatch, "quick", n=64)
-        ctx.jobs = jobs
+        ctx = random_images_ctx(n=64, quick_sizes=True, repeats=1, jobs=jobs)
         runs[jobs] = table1.cdeq_table1(ctx)
     one, two = runs[1], runs[2]
     assert two.setup["jobs"] == 2 and two.setup["groups"] == [list(g) for g in table1.GROUPS]
@@ -139,9 +120,9 @@ def test_table1_gives_the_same_numbers_in_one_process_or_two(monkeypatch: pytest
 
 
 @pytest.mark.parametrize("suite", ["quick", "paper"])
-def test_table2_runs_every_row(monkeypatch: pytest.MonkeyPatch, suite: str) -> None:
+def test_table2_runs_every_row(monkeypatch: pytest.MonkeyPatch, random_images_ctx, suite: str) -> None:
     monkeypatch.setattr(table2, "tiny_backbone", lambda: _mdeq_tiny.tiny_backbone(channels=8))
-    result = table2.cdeq_table2(_ctx(monkeypatch, suite))
+    result = table2.cdeq_table2(random_images_ctx(suite, quick_sizes=True, repeats=1))
     rows = _check_rows(result)
     expected = set(table2.ROWS) | ({"torchdiffeq-adjoint", "torchdeq-broyden"} if suite == "paper" else set())
     assert set(result.setup["methods"]) == expected

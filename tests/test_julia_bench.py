@@ -18,14 +18,7 @@ from pydeq.julia import translate
 
 DEQS = {"cdeq", "skip-cdeq", "skipreg-cdeq", "broyden", "newton-krylov"}
 PEERS = {"torchdiffeq": "torchdiffeq", "torchdiffeq-adjoint": "torchdiffeq", "torchdeq-broyden": "torchdeq"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
