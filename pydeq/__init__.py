@@ -31,6 +31,7 @@ from ._ode import (
     Heun2,
     Heun3,
     HeunEuler,
+    InterpolatingAdjoint,
     Midpoint,
     PIController,
     ResidualEuler,
@@ -84,7 +85,8 @@ __all__ = [
     "HeunEuler", "Fehlberg2", "Midpoint", "Heun2", "Heun3", "RK38", "Event", "CheckpointAdjoint",
     # adjoints and linear solvers
     "AbstractAdjoint", "ImplicitAdjoint", "BroydenReuseAdjoint", "JacobianFreeAdjoint", "PhantomAdjoint",
-    "AbstractODEAdjoint", "DirectAdjoint", "BacksolveAdjoint", "AbstractLinearSolver", "GMRES", "Neumann", "Direct",
+    "AbstractODEAdjoint", "DirectAdjoint", "BacksolveAdjoint", "InterpolatingAdjoint", "AbstractLinearSolver",
+    "GMRES", "Neumann", "Direct",
     # modules
     "compat", "interop", "spec",
 ]

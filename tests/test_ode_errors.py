@@ -55,7 +55,8 @@ def test_root_finder_is_not_an_ode_solver():
 def test_wrong_adjoint_kind():
     from pydeq._adjoint import ImplicitAdjoint
 
-    with pytest.raises(TypeError, match="DirectAdjoint\\(\\), CheckpointAdjoint\\(\\) or BacksolveAdjoint\\(\\).*ImplicitAdjoint"):
+    with pytest.raises(TypeError, match="DirectAdjoint\\(\\), CheckpointAdjoint\\(\\), BacksolveAdjoint\\(\\) or "
+                                        "InterpolatingAdjoint\\(\\).*ImplicitAdjoint"):
         odeint(field, U0, (0, 1), adjoint=ImplicitAdjoint())
     with pytest.raises(TypeError, match="BacksolveAdjoint.solver must be an ODE method"):
         BacksolveAdjoint(solver=Anderson())

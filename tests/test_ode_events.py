@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pydeq
-from pydeq import BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint, Event
+from pydeq import BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint, Event, InterpolatingAdjoint
 
 D = torch.float64
 G = 9.81
@@ -29,8 +29,8 @@ GROUND = Event(fn=lambda t, u: u[:, 0], direction=-1)
 START = [(1.0, 0.5), (2.0, -1.0), (0.3, 3.0)]
 
 
-@pytest.mark.parametrize("adjoint", [DirectAdjoint(), CheckpointAdjoint(), BacksolveAdjoint()],
-                         ids=["direct", "checkpoint", "backsolve"])
+@pytest.mark.parametrize("adjoint", [DirectAdjoint(), CheckpointAdjoint(), BacksolveAdjoint(), InterpolatingAdjoint()],
+                         ids=["direct", "checkpoint", "backsolve", "interpolating"])
 def test_ball_hits_the_ground_at_the_closed_form_time_with_its_gradient(adjoint):
     u0 = torch.tensor(START, dtype=D, requires_grad=True)
     sol = pydeq.odeint(fall, u0, (0.0, math.inf), solver=SOLVER, event=GROUND, adjoint=adjoint)

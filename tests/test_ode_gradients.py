@@ -1,5 +1,5 @@
 """Gradients with output times and the checkpointed mode: CheckpointAdjoint equals DirectAdjoint (both schedules),
-backsolve agrees at tight tolerances, gradcheck passes, the checkpoint count grows like sqrt(steps), and gradients
+the backsolve and interpolating adjoints agree at tight tolerances, gradcheck passes, the checkpoint count grows like sqrt(steps), and gradients
 with respect to the output times match finite differences in every mode."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import pydeq
-from pydeq import BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint
+from pydeq import BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint, InterpolatingAdjoint
 
 D = torch.float64
 TIGHT = pydeq.Tsit5(rtol=1e-10, atol=1e-12)
@@ -49,13 +49,14 @@ def test_checkpointed_equals_direct(adjoint, times, solver):
     assert sol.backward.ran and sol.backward.nfe >= s_ref.nfe - 1
 
 
+@pytest.mark.parametrize("adjoint", [BacksolveAdjoint(), InterpolatingAdjoint()], ids=["backsolve", "interpolating"])
 @pytest.mark.parametrize("times", ["outputs", "per-sample-reversed"])
-def test_backsolve_with_output_times_agrees_with_direct(times):
+def test_continuous_adjoints_with_output_times_agree_with_direct(times, adjoint):
     net, x = small_net(1), torch.randn(3, 3, dtype=D, requires_grad=True)
     t = {"outputs": torch.tensor([0.0, 0.3, 0.35, 1.0, 2.0], dtype=D),
          "per-sample-reversed": torch.stack([torch.linspace(1.0, -1.0, 4, dtype=D) * (i + 1) for i in range(3)])}
     ref, _ = _grads(DirectAdjoint(), net, x, t[times], TIGHT)
-    got, sol = _grads(BacksolveAdjoint(), net, x, t[times], TIGHT)
+    got, sol = _grads(adjoint, net, x, t[times], TIGHT)
     for a, b in zip(ref, got, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
     assert float(sol.backward.residual.abs().max()) == 0.0
@@ -89,8 +90,8 @@ def test_checkpoint_count_grows_like_sqrt_steps(steps):
                         adjoint=CheckpointAdjoint(recursive=True)).extras["checkpoints"] == 1
 
 
-@pytest.mark.parametrize("adjoint", [DirectAdjoint(), CheckpointAdjoint(), BacksolveAdjoint()],
-                         ids=["direct", "checkpoint", "backsolve"])
+@pytest.mark.parametrize("adjoint", [DirectAdjoint(), CheckpointAdjoint(), BacksolveAdjoint(), InterpolatingAdjoint()],
+                         ids=["direct", "checkpoint", "backsolve", "interpolating"])
 def test_output_time_gradients_match_finite_differences(adjoint):
     torch.manual_seed(4)
     A = torch.randn(3, 3, dtype=D) / 2

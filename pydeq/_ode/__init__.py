@@ -1,6 +1,6 @@
 """ODE integrators: Runge–Kutta tableaux, one driver loop, gradient modes and the steady-state root finder."""
 
-from .adjoint import AbstractODEAdjoint, BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint
+from .adjoint import AbstractODEAdjoint, BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint, InterpolatingAdjoint
 from .controller import PIController
 from .events import Event
 from .odeint import odeint
@@ -26,5 +26,6 @@ from .vcab3 import VCAB3
 __all__ = [
     "AbstractODEAdjoint", "AbstractODESolver", "BS3", "BacksolveAdjoint", "DirectAdjoint", "Dopri5", "Euler",
     "PIController", "RK4", "ResidualEuler", "SecantEuler", "SteadyState", "Tsit5", "VCAB3", "odeint",
-    "CheckpointAdjoint", "Event", "Fehlberg2", "Heun2", "Heun3", "HeunEuler", "Midpoint", "RK38",
+    "CheckpointAdjoint", "InterpolatingAdjoint", "Event", "Fehlberg2", "Heun2", "Heun3", "HeunEuler", "Midpoint",
+    "RK38",
 ]

@@ -1,6 +1,6 @@
 """How gradients flow through a fixed-horizon ODE solve: back-propagation through the solver (here), the
-continuous backsolve adjoint (:mod:`~pydeq._ode.backsolve`) and checkpointed back-propagation
-(:mod:`~pydeq._ode.checkpoint`).
+continuous adjoints, backsolve (:mod:`~pydeq._ode.backsolve`) and interpolating (:mod:`~pydeq._ode.interpolating`),
+and checkpointed back-propagation (:mod:`~pydeq._ode.checkpoint`).
 
 Each adjoint takes an :class:`ODEProblem` and ``u0`` and returns a :class:`~pydeq.Solution` whose ``z``
 carries the gradient. ``solution.backward`` is filled in when the backward pass runs.
@@ -22,9 +22,11 @@ from .._adjoint import AbstractAdjoint
 from .._solution import Solution
 from .backsolve import BacksolveAdjoint
 from .checkpoint import CheckpointAdjoint
+from .interpolating import InterpolatingAdjoint
 from .problem import AbstractODEAdjoint, ODEProblem, solve_forward, to_solution
 
-__all__ = ["ODEProblem", "AbstractODEAdjoint", "DirectAdjoint", "BacksolveAdjoint", "CheckpointAdjoint"]
+__all__ = ["ODEProblem", "AbstractODEAdjoint", "DirectAdjoint", "BacksolveAdjoint", "CheckpointAdjoint",
+           "InterpolatingAdjoint"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ from .._checks import check_int
 from .._solution import BackwardStats, Solution
 from .dense import OutputRecorder, interpolate
 from .integrate import StepRecord
-from .problem import AbstractODEAdjoint, Forward, ODEProblem, solve_forward, to_solution
+from .problem import AbstractODEAdjoint, Forward, ODEProblem, solve_untracked, to_solution
 from .step import rk_stages
 
 __all__ = ["CheckpointAdjoint"]
@@ -97,11 +97,9 @@ class _Checkpointed(torch.autograd.Function):
     def forward(ctx: Any, box: _Box, u0: Tensor, *params: Tensor) -> Tensor:
         p = box.problem
         box.tape = _Tape(p.grid.s0, u0, box.adjoint.segment, box.adjoint.recursive)
-        with torch.no_grad():
-            box.forward = solve_forward(p, u0, observers=(box.tape,))
         ctx.box = box
-        z = box.forward.z
-        return z.clone() if z is u0 else z
+        box.forward, z = solve_untracked(p, u0, observers=(box.tape,))
+        return z
 
     @staticmethod
     def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor | None, ...]:

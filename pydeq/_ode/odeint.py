@@ -14,14 +14,13 @@ from .._norms import check_norm_output
 from .._solution import Solution, report_failures
 from .adjoint import AbstractODEAdjoint, DirectAdjoint
 from .events import Event, attach_event_gradient
+from .interpolating import InterpolatingAdjoint, check_dense_output
 from .problem import ODEProblem
-from .solvers import AbstractODESolver, Tsit5
+from .solvers import METHODS, AbstractODESolver, Tsit5
 from .times import TimeGrid, time_grid, with_output_times, with_start_time
 from .vcab3 import VCAB3
 
 __all__ = ["odeint", "find_params", "check_ode_solver", "check_odeint_args"]
-
-METHODS = "Tsit5, Dopri5, BS3, HeunEuler, Fehlberg2, Euler, Midpoint, Heun2, Heun3, RK4, RK38"
 
 
 def odeint(
@@ -54,10 +53,11 @@ def odeint(
             ``Midpoint``, ``Heun2``, ``Heun3``, ``RK4``, ``RK38`` fixed-step; the multistep ``VCAB3``, which lands
             on every output time, with ``DirectAdjoint`` and no event); default ``Tsit5()``.
         adjoint: ``DirectAdjoint()`` (default: back-propagate through the solver), ``CheckpointAdjoint()``
-            (the same gradient in O(√steps) memory) or ``BacksolveAdjoint()`` (continuous adjoint).
+            (the same gradient in O(√steps) memory), ``BacksolveAdjoint()`` (continuous adjoint, ``u`` solved
+            backward) or ``InterpolatingAdjoint()`` (continuous adjoint on the forward's dense output).
         event: an :class:`~pydeq.Event`; each sample stops where its event function crosses zero.
         max_steps: attempted steps per sample before status ``MAX_STEPS``.
-        params: tensors the backsolve and checkpoint adjoints differentiate besides ``u0``; default
+        params: tensors the checkpoint and continuous adjoints differentiate besides ``u0``; default
             :func:`find_params`. ``DirectAdjoint`` ignores it (autograd finds everything).
         on_failure: ``"warn"`` (default), ``"raise"`` or ``"return"`` when a sample does not reach the end.
 
@@ -105,6 +105,8 @@ def check_odeint_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, 
     if not callable(fn):
         raise TypeError(f"fn must be callable as fn(t, u); got {type(fn).__name__}.")
     check_ode_solver(solver)
+    if isinstance(adjoint, InterpolatingAdjoint):  # ahead of VCAB3's check: say what this adjoint needs
+        check_dense_output(solver)
     if isinstance(solver, VCAB3):
         _check_multistep(adjoint, event)
     elif getattr(solver, "tableau", None) is None:
@@ -112,9 +114,9 @@ def check_odeint_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, 
                         f"integrate with it; use one of {METHODS}.")
     if not isinstance(adjoint, AbstractODEAdjoint):
         raise TypeError(
-            f"adjoint must be DirectAdjoint(), CheckpointAdjoint() or BacksolveAdjoint() for an ODE solve; got "
-            f"{type(adjoint).__name__}. The fixed-point adjoints (ImplicitAdjoint, ...) differentiate an "
-            "equilibrium, not a finite horizon."
+            "adjoint must be DirectAdjoint(), CheckpointAdjoint(), BacksolveAdjoint() or InterpolatingAdjoint() for "
+            f"an ODE solve; got {type(adjoint).__name__}. The fixed-point adjoints (ImplicitAdjoint, ...) "
+            "differentiate an equilibrium, not a finite horizon."
         )
     if event is not None and not isinstance(event, Event):
         raise TypeError(f"event must be a pydeq.Event(fn=...) or None; got {type(event).__name__}.")
@@ -141,7 +143,7 @@ def _check_multistep(adjoint: Any, event: Any) -> None:
     if type(adjoint) is not DirectAdjoint:
         raise TypeError(f"VCAB3 (a multistep method) is differentiated by DirectAdjoint() only; got "
                         f"{type(adjoint).__name__}. Use DirectAdjoint(), or a Runge–Kutta method (Tsit5, ...) for "
-                        "CheckpointAdjoint/BacksolveAdjoint.")
+                        "CheckpointAdjoint/BacksolveAdjoint/InterpolatingAdjoint.")
     if event is not None:
         raise TypeError("VCAB3 (a multistep method) has no event location; use a Runge–Kutta method (Tsit5, ...) "
                         "for an event solve.")

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .._solution import Solution
@@ -18,7 +19,7 @@ from .step import VectorField
 from .times import TimeGrid, directed
 from .vcab3 import VCAB3
 
-__all__ = ["ODEProblem", "AbstractODEAdjoint", "Forward", "solve_forward", "to_solution"]
+__all__ = ["ODEProblem", "AbstractODEAdjoint", "Forward", "solve_forward", "solve_untracked", "to_solution"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,16 @@ def solve_forward(problem: ODEProblem, u0: Tensor, *, reuse_last_stage: bool = T
                     observers=(*observers, *(() if recorder is None else (recorder,))))
     return Forward(run=run, ys=None if recorder is None else recorder.ys,
                    event_calls=0 if locator is None else locator.calls)
+
+
+def solve_untracked(problem: ODEProblem, u0: Tensor, *,
+                    observers: Sequence[Callable[[StepRecord], None]] = ()) -> tuple[Forward, Tensor]:
+    """:func:`solve_forward` without autograd, for an adjoint's ``autograd.Function``: the record and the output,
+    a copy where the solve returns ``u0`` itself (a Function's output must be a new tensor)."""
+    with torch.no_grad():
+        forward = solve_forward(problem, u0, observers=observers)
+    z = forward.z
+    return forward, z.clone() if z is u0 else z
 
 
 def to_solution(forward: Forward, problem: ODEProblem) -> Solution:

@@ -15,8 +15,11 @@ from .tableau import DOPRI5, EULER, FEHLBERG2, HEUN2, HEUN3, HEUN_EULER, MIDPOIN
 from .tableau import RK4 as _RK4
 from .tableau import RK38 as _RK38
 
-__all__ = ["AbstractODESolver", "AbstractAdaptiveRK", "AbstractFixedRK", "Tsit5", "Dopri5", "BS3", "HeunEuler",
-           "Fehlberg2", "Euler", "Midpoint", "Heun2", "Heun3", "RK4", "RK38"]
+__all__ = ["METHODS", "AbstractODESolver", "AbstractAdaptiveRK", "AbstractFixedRK", "Tsit5", "Dopri5", "BS3",
+           "HeunEuler", "Fehlberg2", "Euler", "Midpoint", "Heun2", "Heun3", "RK4", "RK38"]
+
+# the Runge–Kutta methods odeint integrates with (each has a dense output)
+METHODS = "Tsit5, Dopri5, BS3, HeunEuler, Fehlberg2, Euler, Midpoint, Heun2, Heun3, RK4, RK38"
 
 
 class AbstractODESolver(abc.ABC):

@@ -77,7 +77,8 @@ class DEQ(nn.Module):
             raise TypeError(
                 "DEQ adjoint must be a pydeq adjoint of an equilibrium (ImplicitAdjoint, BroydenReuseAdjoint, "
                 f"JacobianFreeAdjoint, PhantomAdjoint, DirectAdjoint); got {type(adjoint).__name__}. "
-                "CheckpointAdjoint and BacksolveAdjoint differentiate a finite-horizon ODE solve (NeuralODE)."
+                "CheckpointAdjoint, BacksolveAdjoint and InterpolatingAdjoint differentiate a finite-horizon ODE "
+                "solve (NeuralODE)."
             )
         check_policy(on_failure)
         check_positive("skip_weight", skip_weight, allow_zero=True)

@@ -48,11 +48,11 @@ class NeuralODE(nn.Module):
             buffer, so ``.to(device)`` and ``.double()`` move it), and ``forward`` returns
             ``(batch, n_times, *state)``.
         solver: ODE method; default ``Tsit5(rtol=1e-3, atol=1e-6)``. Root finders are rejected.
-        adjoint: ``DirectAdjoint()`` (default), ``CheckpointAdjoint()`` or ``BacksolveAdjoint()``. The
-            checkpoint and backsolve adjoints differentiate ``f``'s parameters (``f`` an ``nn.Module``, or
-            ``params``) and ``x``.
+        adjoint: ``DirectAdjoint()`` (default), ``CheckpointAdjoint()``, ``BacksolveAdjoint()`` or
+            ``InterpolatingAdjoint()``. The checkpoint and continuous adjoints differentiate ``f``'s parameters
+            (``f`` an ``nn.Module``, or ``params``) and ``x``.
         state_shape: per-sample state shape; when given, ``u0 = 0`` of that shape, else ``u0 = x``.
-        params: extra tensors the backsolve adjoint must reach when ``f`` is a closure.
+        params: extra tensors the checkpoint and continuous adjoints must reach when ``f`` is a closure.
         max_steps: attempted steps per sample.
         on_failure: ``"warn"``, ``"raise"`` or ``"return"`` when a sample does not reach ``t1``.
 
