@@ -1,4 +1,5 @@
-"""VCAB3 in odeint and NeuralODE: accuracy at output times, measured order, gradients, what it refuses."""
+"""VCAB3 in odeint and NeuralODE: accuracy at output times, measured order, its dense output (the step's ends
+exactly), gradients, what it refuses."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 import pydeq
+from pydeq._ode.vcab3 import AdamsHistory, ab_interpolate, ab_proposal
 
 D = torch.float64
 A = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]], dtype=D)
@@ -70,6 +72,24 @@ def test_gradient_matches_the_closed_form_and_per_sample_times_match_alone():
     for i in range(3):
         alone = pydeq.odeint(_field, _u0()[i:i + 1], times[i], solver=pydeq.VCAB3(rtol=1e-7, atol=1e-7)).z
         torch.testing.assert_close(both[i:i + 1], alone, rtol=0, atol=1e-13)
+
+
+def test_dense_output_is_the_step_at_its_ends():
+    # theta = 1 is the step's own u_{n+1} and theta = 0 its u_n, to the last bit, in the start-up steps (Euler, AB2)
+    # and after; per-sample steps and accepts give the samples histories of different lengths
+    u = _u0()
+    past, t = AdamsHistory.empty(u), torch.zeros(3, dtype=D)
+    pattern = torch.tensor([[1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    for accept in pattern:
+        h = 0.05 + 0.15 * torch.rand(3, dtype=D)
+        f0 = _field(t, u)
+        step = ab_proposal(u, f0, past, h)
+        assert torch.equal(ab_interpolate(u, f0, past, h, torch.ones_like(h)), step.u_new)
+        assert torch.equal(ab_interpolate(u, f0, past, h, torch.zeros_like(h)), u)
+        inside = ab_interpolate(u, f0, past, h, torch.full_like(h, 0.5))
+        assert float((inside - u).abs().min()) > 0 and float((inside - step.u_new).abs().min()) > 0
+        past, u, t = past.shift(accept, f0, h), torch.where(accept[:, None], step.u_new, u), t + accept * h
+    assert past.known.tolist() == [2, 2, 2] and float(past.h1.std()) > 0
 
 
 def test_neural_ode_layer_takes_vcab3():

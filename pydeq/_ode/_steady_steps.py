@@ -94,7 +94,8 @@ def steady_step(method: AbstractODESolver | EulerMethod, norm: Norm, fn: Callabl
 
 def _adams_step(method: VCAB3, norm: Norm, fn: Callable[[Tensor], Tensor], state: SteadyStateState,
                 active: Tensor, h: Tensor) -> SteadyStateState:
-    z_new, err = ab_proposal(state.z, state.fz - state.z, state.history, h)
+    step = ab_proposal(state.z, state.fz - state.z, state.history, h)
+    z_new, err = step.u_new, step.err
     fz_new = fn(z_new)
     res_new = norm(fz_new - z_new)
     ratio = error_ratio(err.detach(), state.z.detach(), z_new.detach(), method.rtol, method.atol, norm=norm)

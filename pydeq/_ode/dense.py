@@ -3,7 +3,8 @@
 ``u(s + θh) ≈ u + h * sum_i b_i(θ) k_i`` with the tableau's continuous extension (see
 :mod:`~pydeq._ode.tableau`): Tsit5 and Dopri5 order 4, BS3 and RK4 order 3, the second-order methods order 2,
 Euler order 1. No extra evaluation of the field; the interpolant is differentiable in the stages, so
-back-propagation through the solver reaches every output.
+back-propagation through the solver reaches every output. The multistep VCAB3 has no tableau: its extension, the
+step's own polynomial integrated to ``θ``, is :func:`~pydeq._ode.vcab3.ab_interpolate`.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from .step import (  # noqa: F401  (rk_step, error_ratio, initial_dt: the steppi
     per_sample,
     rk_step,
 )
+from .vcab3 import AdamsStep
 
 __all__ = ["ODERun", "StepRecord", "integrate", "rk_step", "error_ratio", "initial_dt", "check_field_output",
            "VectorField"]
@@ -40,8 +41,10 @@ _per_sample = per_sample  # the old private name, kept for callers inside pydeq
 class StepRecord:
     """One pass of the loop: each sample went from ``(s, u)`` by a step of ``h`` to ``(s_next, u_next)``.
 
-    ``accept: (batch,)``; where it is False, ``s_next == s`` and ``u_next == u``. ``step`` holds the stages
-    (for dense output). ``theta: (batch,)`` is 1 except where an event cut the step at ``s + theta h``.
+    ``accept: (batch,)``; where it is False, ``s_next == s`` and ``u_next == u``; ``h`` is 0 for samples that
+    have stopped (finished or failed). ``step`` holds the stages (for dense output): an :class:`RKStep`, or
+    VCAB3's :class:`~pydeq._ode.vcab3.AdamsStep` in its own loop. ``theta: (batch,)`` is 1 except where an event
+    cut the step at ``s + theta h``.
     """
 
     s: Tensor
@@ -49,7 +52,7 @@ class StepRecord:
     h: Tensor
     u: Tensor
     u_next: Tensor
-    step: RKStep
+    step: RKStep | AdamsStep
     accept: Tensor
     theta: Tensor
 

@@ -68,7 +68,7 @@ def solve_forward(problem: ODEProblem, u0: Tensor, *, reuse_last_stage: bool = T
     g = problem.grid
     if isinstance(problem.solver, VCAB3):  # a multistep method: its own loop, landing on every output time
         run, ys = adams_forward(problem.solver, problem.field, u0, g.s, max_steps=problem.max_steps,
-                                outputs=not g.endpoint_only)
+                                outputs=not g.endpoint_only, observers=observers)
         return Forward(run=run, ys=ys)
     recorder = None
     if not g.endpoint_only:

@@ -12,7 +12,7 @@ from .solvers import AbstractAdaptiveRK
 from .step import per_sample
 from .tableau import ButcherTableau
 
-__all__ = ["VCAB3", "AdamsHistory", "ab_weights", "ab_proposal"]
+__all__ = ["VCAB3", "AdamsHistory", "AdamsStep", "ab_weights", "ab_proposal", "ab_interpolate"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,8 +33,10 @@ class VCAB3(AbstractAdaptiveRK):
     continuous DEQs (DifferentialEquations.jl's ``VCAB3``). Its real stability interval is short (about
     ``[-0.55, 0]`` for equal steps), so steady-state solves are stability-limited; :class:`SteadyState`
     rejects steps that grow the residual. In :func:`pydeq.odeint` / ``NeuralODE`` it runs its own loop
-    (:mod:`~pydeq._ode.adams`), cuts steps to land on every output time (no interpolant) and is differentiated
-    by ``DirectAdjoint`` (measured global order 3.1 against the mean step on a linear system, tolerances 1e-4 to 1e-7).
+    (:mod:`~pydeq._ode.adams`), cuts steps to land on every output time (so the outputs are its own solution) and
+    is differentiated by ``DirectAdjoint`` (measured global order 3.1 against the mean step on a linear system,
+    tolerances 1e-4 to 1e-7). Its dense output :func:`ab_interpolate` integrates the step's own polynomial to
+    ``t_n + θh`` (order 3, no extra call of ``F``).
 
     Args:
         rtol, atol, dt0, controller: as for :class:`Tsit5`. ``dt`` must stay ``None`` (VCAB3 is adaptive).
@@ -109,11 +111,45 @@ class AdamsHistory:
                             known=torch.where(accept, (self.known + 1).clamp_max(2), self.known))
 
 
-def ab_proposal(u: Tensor, f0: Tensor, past: AdamsHistory, h: Tensor) -> tuple[Tensor, Tensor]:
+@dataclass
+class AdamsStep:
+    """One VCAB3 step's result, what observers of its loop read (the Runge–Kutta loop's ``RKStep``).
+
+    ``u_new`` and the error estimate ``err`` (``(batch, *state)``); ``weights: (batch, 3)`` the step's
+    ``(beta_0, beta_1, beta_2)`` (the parameter quadrature of the continuous adjoints reuses them); ``stages``
+    ``F_n`` as a one-stage stage-major ``(1, batch, *state)`` tensor, the one derivative this step adds to the
+    history (``F_{n-1}, F_{n-2}`` are the earlier steps' stages, so a tape of accepted steps holds them already).
+    """
+
+    u_new: Tensor
+    err: Tensor
+    weights: Tensor
+    stages: Tensor
+
+
+def _combine(u: Tensor, f0: Tensor, past: AdamsHistory, c0: Tensor, c1: Tensor, c2: Tensor) -> Tensor:
+    """``c0 F_n + c1 F_{n-1} + c2 F_{n-2}`` with per-sample ``c: (batch,)``."""
+    return per_sample(c0, u) * f0 + per_sample(c1, u) * past.f1 + per_sample(c2, u) * past.f2
+
+
+def ab_proposal(u: Tensor, f0: Tensor, past: AdamsHistory, h: Tensor) -> AdamsStep:
     """VCAB3's step ``u + sum_j beta_j F_{n-j}`` from ``u`` with derivative ``f0`` and its error estimate."""
     b0, b1, b2, e = ab_weights(h, past.h1, past.h2, past.known)
+    return AdamsStep(u_new=u + _combine(u, f0, past, b0, b1, b2),
+                     err=_combine(u, f0, past, e[:, 0], e[:, 1], e[:, 2]),
+                     weights=torch.stack([b0, b1, b2], dim=1), stages=f0[None])
 
-    def combine(c0: Tensor, c1: Tensor, c2: Tensor) -> Tensor:
-        return per_sample(c0, u) * f0 + per_sample(c1, u) * past.f1 + per_sample(c2, u) * past.f2
 
-    return u + combine(b0, b1, b2), combine(e[:, 0], e[:, 1], e[:, 2])
+def ab_interpolate(u: Tensor, f0: Tensor, past: AdamsHistory, h: Tensor, theta: Tensor) -> Tensor:
+    r"""VCAB3's dense output on the step of ``h: (batch,)`` from ``u`` (derivative ``f0``, history ``past``).
+
+    .. math:: u(t_n + \theta h) = u_n + \int_0^{\theta h} p(\tau)\,d\tau = u_n + \sum_j \beta_j(\theta h) F_{n-j}
+
+    with ``p`` the polynomial through ``F_n, F_{n-1}, F_{n-2}`` the step integrated (the lower-order one in the
+    first two steps, per ``past.known``) and ``beta_j(x)`` its Lagrange weights :func:`ab_weights` integrated to
+    ``x`` instead of ``h``: no extra evaluation of ``F``, the same arithmetic as :func:`ab_proposal` at
+    ``θ = 1`` (so ``u_{n+1}`` to the last bit) and ``u_n`` at ``θ = 0``. Order 3: ``p`` is within ``O(h^3)`` of
+    ``F`` on the step, so the local error is ``O(h^4)``.
+    """
+    b0, b1, b2, _ = ab_weights(theta * h, past.h1, past.h2, past.known)
+    return u + _combine(u, f0, past, b0, b1, b2)
