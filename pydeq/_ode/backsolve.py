@@ -10,9 +10,10 @@ from torch import Tensor
 
 from .._batched import freeze
 from .._solution import BackwardStats, Solution
-from .continuous import AbstractContinuousAdjoint, AdjointBox, ParameterQuadrature, backward_sweep
-from .integrate import ODERun, integrate
+from .continuous import AbstractContinuousAdjoint, AdjointBox, backward_sweep, solve_interval
+from .integrate import ODERun
 from .problem import ODEProblem, solve_untracked, to_solution
+from .quadrature import AbstractQuadrature, parameter_quadrature
 from .step import VectorField
 
 __all__ = ["BacksolveAdjoint"]
@@ -42,7 +43,8 @@ class BacksolveAdjoint(AbstractContinuousAdjoint):
     that a closure captures. Pass ``params=`` explicitly when ``fn`` uses anything else.
 
     Args:
-        solver: method for the backward solve; ``None`` uses the forward one.
+        solver: method for the backward solve; ``None`` uses the forward one. ``VCAB3()`` runs in its own loop
+            with its own parameter quadrature (:mod:`~pydeq._ode.quadrature`).
         rtol, atol: backward tolerances; ``None`` uses the method's.
         max_steps: backward step limit per interval; ``None`` uses the forward one.
 
@@ -70,16 +72,15 @@ class _Backsolve(torch.autograd.Function):
         box = ctx.box
         p, fw = box.problem, box.forward
         solver = box.adjoint.backward_solver(p.solver)
-        field = _AugmentedField(p.field, ParameterQuadrature(p.params, solver))
+        field = _AugmentedField(p.field, parameter_quadrature(p.params, solver))
         u = fw.run.u
 
         def interval(j: int, got: Tensor, a: Tensor, r0: Tensor, r1: Tensor) -> tuple[Tensor, ODERun]:
             nonlocal u
             if fw.ys is not None:  # restart u from the forward solution
                 u = freeze(got, fw.ys[:, j], u)
-            back = integrate(solver, field, torch.stack([u, a], dim=1), r0, r1,
-                             max_steps=box.adjoint.max_steps or p.max_steps, reuse_last_stage=False,
-                             observers=(field.quadrature.accumulate,))
+            back = solve_interval(solver, field, torch.stack([u, a], dim=1), r0, r1,
+                                  max_steps=box.adjoint.max_steps or p.max_steps, quadrature=field.quadrature)
             u = back.u[:, 0]
             return back.u[:, 1], back
 
@@ -90,7 +91,7 @@ class _Backsolve(torch.autograd.Function):
 class _AugmentedField:
     """``d/dr [u, a] = [-F(-r, u), a^T ∂F/∂u]`` with the parameter quadrature kept on the side."""
 
-    def __init__(self, fn: VectorField, quadrature: ParameterQuadrature):
+    def __init__(self, fn: VectorField, quadrature: AbstractQuadrature):
         self.fn, self.quadrature = fn, quadrature
 
     def __call__(self, r: Tensor, y: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ Both :class:`~pydeq.BacksolveAdjoint` and :class:`~pydeq.InterpolatingAdjoint` s
           \quad a(t_1) = \partial L / \partial u(t_1), \ g(t_1) = 0
 
 backward; they differ in where ``u(t)`` comes from (re-integrated backward, or the forward pass's dense output).
+The parameter integral ``g`` is the quadrature of :mod:`~pydeq._ode.quadrature`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from torch import Tensor
 
 from .._checks import check_int, check_positive
 from .._solution import BackwardStats, ConvergenceWarning
-from .integrate import ODERun, StepRecord
+from .adams import adams_forward
+from .integrate import ODERun, integrate
 from .problem import AbstractODEAdjoint, Forward, ODEProblem
+from .quadrature import AbstractQuadrature
 from .solvers import AbstractODESolver
 from .step import VectorField, per_sample
+from .vcab3 import VCAB3
 
-__all__ = ["AbstractContinuousAdjoint", "AdjointBox", "ParameterQuadrature", "backward_sweep"]
+__all__ = ["AbstractContinuousAdjoint", "AdjointBox", "backward_sweep", "solve_interval"]
 
 # (output index j, got: (batch,) reached output j, a at s_j, r0, r1) -> (a at s_{j-1}, the backward run)
 Interval = Callable[[int, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, ODERun]]
@@ -104,44 +108,16 @@ def backward_sweep(box: AdjointBox, grad_z: Tensor, interval: Interval) -> Tenso
     return a
 
 
-class ParameterQuadrature:
-    """``g = sum over accepted backward steps of h * sum_i b_i a_i^T ∂F/∂θ(u_i)``, each sample with its own ``h``.
-
-    :meth:`vjp` evaluates the field and ``a^T ∂F/∂u`` at one stage and keeps ``(F, a)``; :meth:`accumulate`,
-    an observer of the backward loop, adds the step's quadrature. It needs every stage of a step, so the
-    backward loop runs without FSAL.
-    """
-
-    def __init__(self, params: tuple[Tensor, ...], solver: AbstractODESolver):
-        self.params, self.b = params, solver.tableau.b
-        self.records: list[tuple[Tensor, Tensor]] = []
-        self.grads = [torch.zeros_like(q) for q in params]
-
-    def vjp(self, fn: VectorField, s: Tensor, u: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
-        """``(F(s, u), a^T ∂F/∂u(s, u))``, both detached."""
-        with torch.enable_grad():
-            u_in = u.detach().requires_grad_(True)
-            f = fn(s, u_in)
-            vjp = None
-            if f.requires_grad:
-                (vjp,) = torch.autograd.grad(f, u_in, a, retain_graph=bool(self.params), allow_unused=True)
-        self.records.append((f, a))
-        return f.detach(), torch.zeros_like(u) if vjp is None else vjp.to(u.dtype)
-
-    def accumulate(self, rec: StepRecord) -> None:
-        """Add ``sum_i b_i * h * a_i^T ∂F/∂θ(u_i)`` over the accepted samples of the step just taken."""
-        stages, self.records = self.records[-len(self.b):], []
-        if not self.params or not bool(rec.accept.any()):
-            return
-        w = torch.where(rec.accept, rec.h, torch.zeros_like(rec.h))
-        outs, cots = [], []
-        for bi, (f, a) in zip(self.b, stages, strict=True):
-            if bi != 0.0 and f.requires_grad:
-                outs.append(f)
-                cots.append(bi * per_sample(w, a).to(a.dtype) * a)
-        if not outs:
-            return
-        grads = torch.autograd.grad(outs, self.params, cots, allow_unused=True)
-        for acc, gq in zip(self.grads, grads, strict=True):
-            if gq is not None:
-                acc.add_(gq)
+def solve_interval(solver: AbstractODESolver, field: VectorField, y: Tensor, r0: Tensor, r1: Tensor, *,
+                   max_steps: int, quadrature: AbstractQuadrature) -> ODERun:
+    """Integrate the backward field from ``r0`` to ``r1`` (reversed time, ``(batch,)`` each) with ``quadrature``
+    observing every step: VCAB3 in its own loop, from a fresh history (``a`` jumps at the interval's ends), a
+    Runge–Kutta method without FSAL (the quadrature needs every stage of a step within it)."""
+    observers = (quadrature.accumulate,)
+    if isinstance(solver, VCAB3):
+        run, _ = adams_forward(solver, field, y, torch.stack([r0, r1], dim=1), max_steps=max_steps, outputs=False,
+                               observers=observers)
+    else:
+        run = integrate(solver, field, y, r0, r1, max_steps=max_steps, reuse_last_stage=False, observers=observers)
+    quadrature.finish()
+    return run

@@ -11,10 +11,11 @@ from torch import Tensor
 
 from .._batched import freeze
 from .._solution import BackwardStats, Solution
-from .continuous import AbstractContinuousAdjoint, AdjointBox, ParameterQuadrature, backward_sweep
+from .continuous import AbstractContinuousAdjoint, AdjointBox, backward_sweep, solve_interval
 from .dense import interpolate
-from .integrate import ODERun, StepRecord, integrate
+from .integrate import ODERun, StepRecord
 from .problem import ODEProblem, solve_untracked, to_solution
+from .quadrature import AbstractQuadrature, parameter_quadrature
 from .solvers import METHODS, AbstractODESolver
 from .step import VectorField
 from .tableau import ButcherTableau
@@ -50,13 +51,14 @@ class InterpolatingAdjoint(AbstractContinuousAdjoint):
     states and :class:`DirectAdjoint`'s autograd graph (every stage of every step, and whatever ``F`` saves
     for its own backward at each).
 
-    Per-sample stepping, the parameter quadrature ``h * sum_i b_i a_i^T ∂F/∂θ(u_i)`` over accepted backward steps
-    and the seminorm (the error norm covers ``a`` only, not ``g``) are as for :class:`BacksolveAdjoint`; so are
-    the parameters that receive gradients. The forward method needs a dense output: every Runge–Kutta method
+    Per-sample stepping, the parameter quadrature over accepted backward steps (``h * sum_i b_i a_i^T ∂F/∂θ(u_i)``,
+    or VCAB3's ``sum_j beta_j a_{n-j}^T ∂F/∂θ(u_{n-j})``: :mod:`~pydeq._ode.quadrature`) and the seminorm (the error
+    norm covers ``a`` only, not ``g``) are as for :class:`BacksolveAdjoint`; so are the parameters that receive
+    gradients. The forward method needs a dense output: every Runge–Kutta method
     has one; VCAB3 (multistep) has none and is refused.
 
     Args:
-        solver: method for the backward solve; ``None`` uses the forward one.
+        solver: method for the backward solve; ``None`` uses the forward one; ``VCAB3()`` runs in its own loop.
         rtol, atol: backward tolerances; ``None`` uses the method's.
         max_steps: backward step limit per interval; ``None`` uses the forward one.
 
@@ -98,12 +100,12 @@ class _Interpolating(torch.autograd.Function):
         box = ctx.box
         p = box.problem
         solver = box.adjoint.backward_solver(p.solver)
-        quadrature = ParameterQuadrature(p.params, solver)
+        quadrature = parameter_quadrature(p.params, solver)
         field = _AdjointField(p.field, box.tape.trajectory(p.solver.tableau, box.forward.run.u), quadrature)
 
         def interval(j: int, got: Tensor, a: Tensor, r0: Tensor, r1: Tensor) -> tuple[Tensor, ODERun]:
-            back = integrate(solver, field, a, r0, r1, max_steps=box.adjoint.max_steps or p.max_steps,
-                             reuse_last_stage=False, observers=(quadrature.accumulate,))
+            back = solve_interval(solver, field, a, r0, r1, max_steps=box.adjoint.max_steps or p.max_steps,
+                                  quadrature=quadrature)
             return back.u, back
 
         a = backward_sweep(box, grad_z, interval)
@@ -169,7 +171,7 @@ class _Trajectory:
 class _AdjointField:
     """``da/dr = a^T ∂F/∂u(-r, u(-r))`` in reversed time ``r = -s``, ``u`` from the forward trajectory."""
 
-    def __init__(self, fn: VectorField, trajectory: _Trajectory, quadrature: ParameterQuadrature):
+    def __init__(self, fn: VectorField, trajectory: _Trajectory, quadrature: AbstractQuadrature):
         self.fn, self.trajectory, self.quadrature = fn, trajectory, quadrature
 
     def __call__(self, r: Tensor, a: Tensor) -> Tensor:
