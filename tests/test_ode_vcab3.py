@@ -1,5 +1,5 @@
 """VCAB3 in odeint and NeuralODE: accuracy at output times, measured order, its dense output (the step's ends
-exactly), gradients, what it refuses."""
+exactly, measured order 3), gradients, what it refuses."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import pytest
 import torch
 
 import pydeq
+from pydeq._ode.interpolating import _Tape
+from pydeq._ode.problem import ODEProblem, solve_forward
+from pydeq._ode.times import endpoint_grid
 from pydeq._ode.vcab3 import AdamsHistory, ab_interpolate, ab_proposal
 
 D = torch.float64
@@ -92,6 +95,43 @@ def test_dense_output_is_the_step_at_its_ends():
     assert past.known.tolist() == [2, 2, 2] and float(past.h1.std()) > 0
 
 
+def _mid_step_local_errors(h: float) -> tuple[list[float], float]:
+    """VCAB3 at the fixed step ``h`` (a loose tolerance, ``dtmax = h``): per accepted step, the dense output's largest
+    error at mid-step against the exact solution through the step's start, read through the interpolating
+    adjoint's tape (so ``F_{n-1}, F_{n-2}`` come from the earlier recorded steps); and the error at the end."""
+    solver = pydeq.VCAB3(rtol=1e3, atol=1e3, dt0=h, dtmax=h)
+    u0 = _u0()
+    problem = ODEProblem(fn=_field, solver=solver, grid=endpoint_grid(0.0, 2.0, u0), max_steps=10_000, params=())
+    tape = _Tape()
+    with torch.no_grad():
+        run = solve_forward(problem, u0, observers=(tape,)).run
+    trajectory = tape.trajectory(solver, run.u)
+    assert run.accepted.tolist() == [round(2.0 / h)] * 3
+    errs = []
+    for k in range(round(2.0 / h)):
+        e = trajectory.entry[:, k]
+        got = trajectory(trajectory.s[e] + 0.5 * trajectory.h[e])
+        errs.append(float((got - trajectory.u[e] @ torch.matrix_exp(A * 0.5 * h).T).abs().max()))
+    end = float((trajectory(torch.full((3,), 2.0, dtype=D)) - run.u).abs().max())
+    return errs, end
+
+
+def test_dense_output_measured_order_is_three():
+    """Local error at mid-steps ~ h^4 (order 3) once the history is full, halving the step; the start-up steps'
+    own polynomials give the Euler step h^2 and the AB2 step h^3.
+
+    Measured log2 ratios over h = 0.04, 0.02, 0.01: 3.93 and 3.99 (steps 3 on), 1.99/2.00 (Euler), 2.99/2.99 (AB2).
+    The first AB3 step (h^3) is left out: its F_{n-2} is the Euler start's, off by that step's O(h^2) error. The
+    global error at mid-steps is no measure of the interpolant here: it is the Euler start's, O(h^2), everywhere.
+    """
+    runs = [_mid_step_local_errors(h) for h in (0.04, 0.02, 0.01)]
+    for (coarse, end_c), (fine, end_f) in zip(runs, runs[1:]):
+        assert 3.7 < math.log2(max(coarse[3:]) / max(fine[3:])) < 4.3, (coarse, fine)
+        assert 1.8 < math.log2(coarse[0] / fine[0]) < 2.2 and 2.8 < math.log2(coarse[1] / fine[1]) < 3.2
+        assert end_c < 1e-15 and end_f < 1e-15  # theta = 1 on the last step: its end state
+    assert max(runs[-1][0][3:]) < 2e-8
+
+
 def test_neural_ode_layer_takes_vcab3():
     f = pydeq.DEQVectorField(lambda u, x: torch.tanh(u + x))
     layer = pydeq.NeuralODE(f, solver=pydeq.VCAB3(), state_shape=(4,))
@@ -104,7 +144,7 @@ def test_neural_ode_layer_takes_vcab3():
 @pytest.mark.parametrize("adjoint", [pydeq.BacksolveAdjoint(), pydeq.CheckpointAdjoint()])
 def test_vcab3_refuses_what_its_loop_does_not_do(adjoint):
     with pytest.raises(TypeError, match=rf"VCAB3 \(a multistep method\) is differentiated by DirectAdjoint\(\) "
-                                        rf"only; got {type(adjoint).__name__}"):
+                                        rf"or InterpolatingAdjoint\(\) only; got {type(adjoint).__name__}"):
         pydeq.odeint(_field, _u0(), (0.0, 1.0), solver=pydeq.VCAB3(), adjoint=adjoint)
     event = pydeq.Event(fn=lambda t, u: u[:, 0])
     with pytest.raises(TypeError, match=r"VCAB3 \(a multistep method\) has no event location"):

@@ -51,7 +51,8 @@ def odeint(
             With ``event``: ``(t0, t_max)`` (``t_max`` may be ``math.inf``), or a 2-entry tensor.
         solver: an ODE method (``Tsit5``, ``Dopri5``, ``BS3``, ``HeunEuler``, ``Fehlberg2`` adaptive; ``Euler``,
             ``Midpoint``, ``Heun2``, ``Heun3``, ``RK4``, ``RK38`` fixed-step; the multistep ``VCAB3``, which lands
-            on every output time, with ``DirectAdjoint`` and no event); default ``Tsit5()``.
+            on every output time, with ``DirectAdjoint`` or ``InterpolatingAdjoint`` and no event); default
+            ``Tsit5()``.
         adjoint: ``DirectAdjoint()`` (default: back-propagate through the solver), ``CheckpointAdjoint()``
             (the same gradient in O(√steps) memory), ``BacksolveAdjoint()`` (continuous adjoint, ``u`` solved
             backward) or ``InterpolatingAdjoint()`` (continuous adjoint on the forward's dense output).
@@ -139,11 +140,12 @@ def check_odeint_args(fn: Any, u0: Any, t_span: Any, solver: Any, adjoint: Any, 
 
 
 def _check_multistep(adjoint: Any, event: Any) -> None:
-    """VCAB3 runs its own loop (:mod:`~pydeq._ode.adams`): back-propagation through it, no events."""
-    if type(adjoint) is not DirectAdjoint:
-        raise TypeError(f"VCAB3 (a multistep method) is differentiated by DirectAdjoint() only; got "
-                        f"{type(adjoint).__name__}. Use DirectAdjoint(), or a Runge–Kutta method (Tsit5, ...) for "
-                        "CheckpointAdjoint/BacksolveAdjoint/InterpolatingAdjoint.")
+    """VCAB3 runs its own loop (:mod:`~pydeq._ode.adams`): back-propagation through it, or the interpolating
+    adjoint on its dense output; no events."""
+    if type(adjoint) not in (DirectAdjoint, InterpolatingAdjoint):
+        raise TypeError(f"VCAB3 (a multistep method) is differentiated by DirectAdjoint() or InterpolatingAdjoint() "
+                        f"only; got {type(adjoint).__name__}. Use one of those, or a Runge–Kutta method (Tsit5, ...) "
+                        "for CheckpointAdjoint/BacksolveAdjoint.")
     if event is not None:
         raise TypeError("VCAB3 (a multistep method) has no event location; use a Runge–Kutta method (Tsit5, ...) "
                         "for an event solve.")

@@ -34,9 +34,9 @@ class VCAB3(AbstractAdaptiveRK):
     ``[-0.55, 0]`` for equal steps), so steady-state solves are stability-limited; :class:`SteadyState`
     rejects steps that grow the residual. In :func:`pydeq.odeint` / ``NeuralODE`` it runs its own loop
     (:mod:`~pydeq._ode.adams`), cuts steps to land on every output time (so the outputs are its own solution) and
-    is differentiated by ``DirectAdjoint`` (measured global order 3.1 against the mean step on a linear system,
-    tolerances 1e-4 to 1e-7). Its dense output :func:`ab_interpolate` integrates the step's own polynomial to
-    ``t_n + θh`` (order 3, no extra call of ``F``).
+    is differentiated by ``DirectAdjoint`` or ``InterpolatingAdjoint``; measured global order 3.1 against the mean
+    step on a linear system, tolerances 1e-4 to 1e-7. Its dense output :func:`ab_interpolate` integrates the
+    step's own polynomial to ``t_n + θh`` (order 3, no extra call of ``F``), what ``InterpolatingAdjoint`` reads.
 
     Args:
         rtol, atol, dt0, controller: as for :class:`Tsit5`. ``dt`` must stay ``None`` (VCAB3 is adaptive).
@@ -149,7 +149,8 @@ def ab_interpolate(u: Tensor, f0: Tensor, past: AdamsHistory, h: Tensor, theta: 
     first two steps, per ``past.known``) and ``beta_j(x)`` its Lagrange weights :func:`ab_weights` integrated to
     ``x`` instead of ``h``: no extra evaluation of ``F``, the same arithmetic as :func:`ab_proposal` at
     ``θ = 1`` (so ``u_{n+1}`` to the last bit) and ``u_n`` at ``θ = 0``. Order 3: ``p`` is within ``O(h^3)`` of
-    ``F`` on the step, so the local error is ``O(h^4)``.
+    ``F`` on the step, so the local error is ``O(h^4)`` (measured at mid-steps, halving a fixed step from 0.04:
+    log2 ratios 3.93, 3.99; the Euler and AB2 start-up steps 2.0 and 3.0, their own orders).
     """
     b0, b1, b2, _ = ab_weights(theta * h, past.h1, past.h2, past.known)
     return u + _combine(u, f0, past, b0, b1, b2)

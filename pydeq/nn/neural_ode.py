@@ -49,7 +49,8 @@ class NeuralODE(nn.Module):
             ``(batch, n_times, *state)``.
         solver: ODE method; default ``Tsit5(rtol=1e-3, atol=1e-6)``. Root finders are rejected.
         adjoint: ``DirectAdjoint()`` (default), ``CheckpointAdjoint()``, ``BacksolveAdjoint()`` or
-            ``InterpolatingAdjoint()``. The checkpoint and continuous adjoints differentiate ``f``'s parameters
+            ``InterpolatingAdjoint()``; ``VCAB3`` takes ``DirectAdjoint()`` or ``InterpolatingAdjoint()`` (Pal et
+            al.'s neural-ODE baseline). The checkpoint and continuous adjoints differentiate ``f``'s parameters
             (``f`` an ``nn.Module``, or ``params``) and ``x``.
         state_shape: per-sample state shape; when given, ``u0 = 0`` of that shape, else ``u0 = x``.
         params: extra tensors the checkpoint and continuous adjoints must reach when ``f`` is a closure.
