@@ -135,7 +135,7 @@ def test_table2_runs_every_row(monkeypatch: pytest.MonkeyPatch, random_images_ct
     peers = {(r.method, r.peer) for r in result.rows if r.paper_figure == "(peer comparison, no claim)"}
     assert peers == ({("node", "torchdiffeq-adjoint"), ("vanilla-d", "torchdeq-broyden")} if suite == "paper"
                      else set())
-    assert "| Neural ODE |" in result.notes and result.setup["node_adjoint"].startswith("BacksolveAdjoint")
+    assert "| Neural ODE |" in result.notes and result.setup["node_adjoint"].startswith("InterpolatingAdjoint")
 
 
 def _record(rows: list[Row]) -> dict:
