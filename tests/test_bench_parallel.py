@@ -23,25 +23,21 @@ def _fails(ctx: BenchContext, *, k: int) -> int:
     return k
 
 
-@pytest.fixture
-def _two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_one_job_runs_every_task_here_in_order() -> None:
     ctx = BenchContext(suite="quick", jobs=1)
     out = in_processes(ctx, _where, [dict(k=k) for k in range(4)])
     assert [o[0] for o in out] == [0, 1, 4, 9] and {o[1] for o in out} == {os.getpid()}
 
 
-@pytest.mark.usefixtures("_two_threads")
 def test_two_jobs_share_the_tasks_with_a_worker_at_this_thread_count() -> None:
     ctx = BenchContext(suite="quick", jobs=2, progress=True)
-    # task 0 (here) outlasts the worker's start, so the worker takes task 1; the rest go to whoever frees first
-    out = in_processes(ctx, _where, [dict(k=0, wait=8.0), *(dict(k=k) for k in range(1, 5))])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the workers must get this count, not their own default
+    try:
+        # task 0 (here) outlasts the worker's start, so the worker takes task 1; the rest: whoever frees first
+        out = in_processes(ctx, _where, [dict(k=0, wait=8.0), *(dict(k=k) for k in range(1, 5))])
+    finally:
+        torch.set_num_threads(threads)
     assert [o[0] for o in out] == [0, 1, 4, 9, 16]
     here = os.getpid()
     assert out[0][1] == here and out[1][1] != here and len({o[1] for o in out}) == 2  # one worker (jobs - 1)
