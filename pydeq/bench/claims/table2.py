@@ -9,8 +9,9 @@ tolerance (forward and backward) and the interpolating adjoint (``pydeq.Interpol
 default, a continuous adjoint solved backward on the forward solution's dense output instead of re-integrating
 it). The backsolve adjoint is not the paper's and is worse here: on this f the adjoint's Jacobian grows as u → 0
 near t0 (the state's group norms), and on this model at 8 channels per branch, batch 4, Tsit5 with
-``BacksolveAdjoint`` took 4.4 s per backward (128 VJPs) where VCAB3 with ``InterpolatingAdjoint`` took 1.2 s (23), and Tsit5 with ``InterpolatingAdjoint`` did not
-finish in 300 s (its error control at 5e-2 resolving that growth near t0). λ_skip 0.01; Adam 1e-3 with weight
+``BacksolveAdjoint`` took 4.4 s per backward (128 VJPs) where VCAB3 with ``InterpolatingAdjoint`` took 1.2 s (23),
+and Tsit5 with ``InterpolatingAdjoint`` did not finish in 300 s (its error control at 5e-2 resolving that growth
+near t0). λ_skip 0.01; Adam 1e-3 with weight
 decay 2.5e-5 (constant: no cosine schedule over so few steps).
 
 Schedule, scaled down from the paper's 3,000 unrolled pretraining steps + 17,000 steps at batch 128 (about 10 s per
